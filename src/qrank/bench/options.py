@@ -1,0 +1,65 @@
+"""Flags of ``qrank bench serve`` and ``qrank bench throughput``, spelled as vLLM's bench."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("dataset")
+    g.add_argument("--dataset-name", default="random-rerank", choices=["random-rerank"],
+                   help="the dataset; random-rerank builds vLLM's random rerank workload")
+    g.add_argument("--num-prompts", type=int, default=1000, help="requests to send")
+    g.add_argument("--random-input-len", "--random-input", dest="random_input_len", type=int,
+                   default=1024, help="tokens of query + document of each pair")
+    g.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="document lengths are drawn in [L(1-r), L(1+r)]")
+    g.add_argument("--random-batch-size", type=int, default=1,
+                   help="documents per rerank request")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def add_bench_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """vLLM ``bench serve`` flags that apply to rerank servers."""
+    parser.add_argument("--backend", default="vllm-rerank", choices=["vllm-rerank"])
+    parser.add_argument("--model", required=True, help="model name sent in requests")
+    parser.add_argument("--served-model-name", default=None,
+                        help="name sent in requests when it differs from --model")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--base-url", default=None, help="overrides --host and --port")
+    parser.add_argument("--endpoint", default="/v1/rerank")
+    parser.add_argument("--request-rate", type=float, default=float("inf"),
+                        help="requests per second (inf: all at once); Poisson arrivals")
+    parser.add_argument("--burstiness", type=float, default=1.0,
+                        help="gamma shape of inter-arrival times (1: Poisson)")
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--num-warmups", type=int, default=0)
+    parser.add_argument("--disable-tqdm", action="store_true")
+    parser.add_argument("--save-result", action="store_true")
+    parser.add_argument("--save-detailed", action="store_true")
+    parser.add_argument("--result-dir", default=None)
+    parser.add_argument("--result-filename", default=None)
+    parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE")
+    parser.add_argument("--percentile-metrics", default="e2el",
+                        help="comma-separated metrics to report percentiles of (e2el)")
+    parser.add_argument("--metric-percentiles", default="99",
+                        help="comma-separated percentiles, e.g. 25,50,99")
+    parser.add_argument("--api-key", default=None,
+                        help="Bearer token (default: $OPENAI_API_KEY or $QRANK_API_KEY)")
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=600)
+    parser.add_argument("--request-timeout", type=float, default=6 * 3600)
+    parser.add_argument("--plot", action="store_true",
+                        help="write a latency histogram PNG beside the result JSON")
+    add_dataset_arguments(parser)
+
+
+def add_bench_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    """``qrank bench throughput MODEL``: the offline engine on the same dataset."""
+    parser.add_argument("model", help="local directory or Hub id of the model")
+    parser.add_argument("--output-json", default=None, help="write the results as JSON here")
+    parser.add_argument("--num-warmups", type=int, default=1,
+                        help="batches scored before timing")
+    add_dataset_arguments(parser)

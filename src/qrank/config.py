@@ -1,0 +1,111 @@
+"""Engine configuration: :class:`EngineArgs` and how command-line flags map onto it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class EngineArgs:
+    """Everything the engine needs to load a model and score pairs.
+
+    Defaults serve well on one machine. ``hf_overrides`` takes vLLM's recipe keys
+    (``architectures``, ``classifier_from_token``, ``is_original_qwen3_reranker``).
+    """
+
+    model: str
+    tokenizer: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+    max_model_len: int | None = None
+    max_num_batched_tokens: int = 4096
+    max_num_seqs: int = 256
+    threads: int | None = None
+    hf_overrides: dict[str, Any] = field(default_factory=dict)
+    prefix_sharing: bool = True
+    prefix_cache_bytes: int = 512 * 1024 * 1024
+    compile: bool = False
+    quantization: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hf_overrides, str):
+            self.hf_overrides = parse_json_dict(self.hf_overrides, "hf_overrides")
+        if self.hf_overrides is None:
+            self.hf_overrides = {}
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be positive")
+        if self.quantization not in (None, "int8"):
+            raise ValueError(f"quantization must be 'int8' or unset, not {self.quantization!r}")
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads else available_cores()
+
+
+def parse_json_dict(text: str, name: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line; a clear error otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--{name} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the engine flags, spelled as vLLM spells them, to a parser."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's)")
+    g.add_argument("--revision", default=None, help="Hub revision of the model")
+    g.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights and activations dtype; auto = bfloat16 on CPUs with AVX-512 "
+                        "BF16 or AMX and on GPUs, else float32 (the score head stays float32)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--max-model-len", "--max_model_len", type=int, default=None,
+                   help=f"longest input in tokens; longer ones are truncated in the document "
+                        f"(default {DEFAULT_MAX_MODEL_LEN}, capped by the model)")
+    g.add_argument("--max-num-batched-tokens", "--max_num_batched_tokens", type=int,
+                   default=EngineArgs.max_num_batched_tokens,
+                   help="token budget of one forward batch")
+    g.add_argument("--max-num-seqs", "--max_num_seqs", type=int, default=EngineArgs.max_num_seqs,
+                   help="most pairs in one forward batch")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores this process may use)")
+    g.add_argument("--hf-overrides", "--hf_overrides", default=None,
+                   help="JSON object overriding config.json keys, as vLLM takes it")
+    g.add_argument("--no-prefix-sharing", dest="prefix_sharing", action="store_false",
+                   help="compute each pair's query tokens on their own")
+    g.add_argument("--prefix-cache-bytes", type=int, default=EngineArgs.prefix_cache_bytes,
+                   help="bytes of query-prefix keys/values kept across requests (0: off)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder blocks (slow first batches)")
+    g.add_argument("--quantization", "-q", default=None, choices=["int8"],
+                   help="int8 weight-only quantization of the linear layers (opt-in)")
+
+
+def engine_args_from_namespace(ns: argparse.Namespace) -> EngineArgs:
+    """Build EngineArgs from parsed flags; names that EngineArgs lacks are ignored."""
+    known = {f.name for f in fields(EngineArgs)}
+    values = {k: v for k, v in vars(ns).items() if k in known}
+    if values.get("hf_overrides") is None:
+        values["hf_overrides"] = {}
+    return EngineArgs(**values)

@@ -1,0 +1,286 @@
+"""The engines: :class:`Engine` scores pairs in the caller's thread; :class:`AsyncEngine` runs it
+in a worker thread that batches the pairs of all in-flight requests together.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from qrank.config import EngineArgs
+from qrank.engine.prefix_cache import PrefixCache
+from qrank.engine.scheduler import Batch, Scheduler, WorkItem
+from qrank.models.qwen3 import SeqGroup
+from qrank.models.registry import load_model
+from qrank.prompts import render_pairs
+from qrank.tokenize import PairTokens
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStats:
+    """What one forward did, for metrics and logs."""
+
+    num_pairs: int
+    num_tokens: int
+    num_requests: int
+    seconds: float
+
+
+class Engine:
+    """Loads a model once and scores tokenized pairs in batches (one thread)."""
+
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        threads = args.resolved_threads()
+        if args.device == "cpu":
+            torch.set_num_threads(threads)
+        torch.manual_seed(args.seed)
+        loaded = load_model(args)
+        self.trunk = loaded.trunk
+        self.head = loaded.head
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        self.model_path = loaded.path
+        self.max_model_len = loaded.max_model_len
+        self.prefix_cache = PrefixCache(args.prefix_cache_bytes if args.prefix_sharing else 0)
+        self.on_batch: Callable[[BatchStats], None] | None = None
+        logger.info("engine ready: %d threads, batch budget %d tokens, prefix cache %d MiB",
+                    threads, args.max_num_batched_tokens, self.prefix_cache.capacity >> 20)
+
+    # ---- inputs -------------------------------------------------------------------------
+    def encode(
+        self,
+        query: str,
+        documents: list[str],
+        instruction: str | None = None,
+        max_length: int | None = None,
+        truncate: bool = True,
+    ) -> list[PairTokens]:
+        """Template and tokenize one query with its documents."""
+        limit = min(max_length or self.max_model_len, self.max_model_len)
+        pairs = render_pairs(query, documents, instruction)
+        return self.tokenizer.encode_pairs(pairs, limit, truncate)
+
+    def encode_pairs(
+        self, queries: list[str], documents: list[str], instruction: str | None = None,
+        max_length: int | None = None, truncate: bool = True,
+    ) -> list[PairTokens]:
+        """Tokenize N:N pairs, grouping equal queries so each is rendered once."""
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        out: list[PairTokens | None] = [None] * len(queries)
+        for q, idx in by_query.items():
+            for i, toks in zip(idx, self.encode(q, [documents[i] for i in idx], instruction,
+                                                 max_length, truncate), strict=True):
+                out[i] = toks
+        return out  # type: ignore[return-value]
+
+    # ---- compute ------------------------------------------------------------------------
+    def make_scheduler(self) -> Scheduler:
+        return Scheduler(
+            self.args.max_num_batched_tokens,
+            self.args.max_num_seqs,
+            share_prefixes=self.args.prefix_sharing,
+            is_cached=self.prefix_cache.__contains__,
+        )
+
+    def _seq_groups(self, batch: Batch) -> tuple[list[SeqGroup], list[list[Any]]]:
+        """Model inputs for a batch; keys[g][d] is the key of group g's document d."""
+        groups: list[SeqGroup] = []
+        keys: list[list[Any]] = []
+        singles = SeqGroup([], [])
+        single_keys: list[Any] = []
+        for bg in batch.groups:
+            kv = self.prefix_cache.get(bg.shared) if self.args.prefix_sharing else None
+            if kv is not None or (self.args.prefix_sharing and len(bg.items) > 1):
+                groups.append(SeqGroup(list(bg.shared), [list(it.tokens.own) for it in bg.items],
+                                       prefix_kv=kv,
+                                       keep_prefix_kv=kv is None and self.prefix_cache.enabled))
+                keys.append([it.key for it in bg.items])
+            else:
+                for it in bg.items:
+                    singles.docs.append(it.tokens.ids)
+                    single_keys.append(it.key)
+        if singles.docs:
+            groups.append(singles)
+            keys.append(single_keys)
+        return groups, keys
+
+    def run_batch(self, batch: Batch) -> list[tuple[Any, float]]:
+        """Score one batch; returns (key, score) for each of its items."""
+        start = time.perf_counter()
+        groups, keys = self._seq_groups(batch)
+        hidden, order, kept = self.trunk(groups)
+        scores = self.head(hidden).tolist()
+        for g, kv in kept.items():
+            self.prefix_cache.put(tuple(groups[g].prefix), kv)
+        out = [(keys[g][d], s) for (g, d), s in zip(order, scores, strict=True)]
+        if self.on_batch is not None:
+            requests = {k[0] if isinstance(k, tuple) else k for k, _ in out}
+            self.on_batch(BatchStats(len(out), batch.num_tokens, len(requests),
+                                     time.perf_counter() - start))
+        return out
+
+    def score_tokens(self, pairs: list[PairTokens], use_tqdm: bool | None = None) -> list[float]:
+        """Scores of tokenized pairs, in their order. A progress bar shows for long jobs."""
+        scheduler = self.make_scheduler()
+        items = [WorkItem(p, i) for i, p in enumerate(pairs)]
+        scheduler.add(sorted(items, key=lambda it: len(it.tokens)))
+        total_tokens = sum(len(p) for p in pairs)
+        if use_tqdm is None:
+            use_tqdm = total_tokens > self.args.max_num_batched_tokens
+        scores = [0.0] * len(pairs)
+        with tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not use_tqdm) as bar:
+            while (batch := scheduler.next_batch()) is not None:
+                for key, s in self.run_batch(batch):
+                    scores[key] = s
+                bar.update(batch.num_pairs)
+        return scores
+
+    def hidden_states(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        """Final-norm hidden states of the last token of (query, document) pairs, float32."""
+        toks = self.encode_pairs([q for q, _ in pairs], [d for _, d in pairs])
+        groups = [SeqGroup([], [t.ids]) for t in toks]
+        hidden, _, _ = self.trunk(groups)
+        return hidden.to(torch.float32)
+
+    def close(self) -> None:
+        self.prefix_cache.clear()
+
+
+class QueueFullError(RuntimeError):
+    """More pairs are waiting than the engine accepts."""
+
+
+class EngineDeadError(RuntimeError):
+    """The worker thread has stopped."""
+
+
+@dataclass
+class _Request:
+    future: Future
+    scores: list[float]
+    remaining: int
+
+
+class AsyncEngine:
+    """Runs an :class:`Engine` in a worker thread; requests submitted from any thread are
+    batched together and each gets a Future of its scores."""
+
+    def __init__(self, engine: Engine, max_queued_pairs: int = 100_000) -> None:
+        self.engine = engine
+        self.max_queued_pairs = max_queued_pairs
+        self.scheduler = engine.make_scheduler()
+        self._requests: dict[int, _Request] = {}
+        self._next_id = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="qrank-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    @property
+    def num_pending_pairs(self) -> int:
+        return len(self.scheduler)
+
+    def submit(self, pairs: list[PairTokens]) -> Future:
+        """Queue the pairs of one request; the Future resolves to their scores, in order."""
+        future: Future = Future()
+        if not pairs:
+            future.set_result([])
+            return future
+        with self._cond:
+            if not self.alive or self._stopping:
+                raise EngineDeadError("the engine is not running")
+            if len(self.scheduler) + len(pairs) > self.max_queued_pairs:
+                raise QueueFullError(
+                    f"{len(self.scheduler)} pairs are queued; the limit is {self.max_queued_pairs}"
+                )
+            rid = self._next_id
+            self._next_id += 1
+            self._requests[rid] = _Request(future, [0.0] * len(pairs), len(pairs))
+            self.scheduler.add([WorkItem(p, (rid, i)) for i, p in enumerate(pairs)])
+            self._cond.notify()
+        return future
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not len(self.scheduler) and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping and not len(self.scheduler):
+                        return
+                    batch = self.scheduler.next_batch()
+                if batch is not None:
+                    self._run(batch)
+        except BaseException as exc:  # noqa: BLE001 - report and fail what waits
+            logger.exception("engine worker died")
+            self._error = exc
+            with self._cond:
+                for req in self._requests.values():
+                    if not req.future.done():
+                        req.future.set_exception(EngineDeadError(f"engine died: {exc}"))
+                self._requests.clear()
+
+    def _run(self, batch: Batch) -> None:
+        try:
+            results = self.engine.run_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - a failed batch must not kill the worker
+            logger.exception("batch of %d pairs failed", batch.num_pairs)
+            results = self._retry_per_request(batch, exc)
+        with self._cond:
+            for key, value in results:
+                rid, i = key
+                req = self._requests.get(rid)
+                if req is None:
+                    continue
+                if isinstance(value, BaseException):
+                    del self._requests[rid]
+                    if not req.future.done():
+                        req.future.set_exception(value)
+                    continue
+                req.scores[i] = value
+                req.remaining -= 1
+                if req.remaining == 0:
+                    del self._requests[rid]
+                    req.future.set_result(req.scores)
+
+    def _retry_per_request(self, batch: Batch, exc: Exception) -> list[tuple[Any, Any]]:
+        """Score a failed batch's requests one by one, so one bad request fails alone."""
+        by_request: dict[int, list[WorkItem]] = {}
+        for g in batch.groups:
+            for it in g.items:
+                by_request.setdefault(it.key[0], []).append(it)
+        out: list[tuple[Any, Any]] = []
+        for items in by_request.values():
+            sched = self.engine.make_scheduler()
+            sched.add(items)
+            try:
+                while (b := sched.next_batch()) is not None:
+                    out += self.engine.run_batch(b)
+            except Exception as err:  # noqa: BLE001
+                out += [(it.key, err) for it in items]
+        return out
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)

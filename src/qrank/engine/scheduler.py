@@ -1,0 +1,132 @@
+"""Batching policy: pairs from many requests into batches under a token budget.
+
+Pairs that share their query side (same token ids) are grouped, whatever request they came
+from, so the shared prefix is computed once per batch (or taken from the prefix cache). Groups
+are served first come, first served; a group larger than the budget is split across batches.
+The budget counts the tokens actually computed, so a cached or shared prefix is counted once
+or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrank.tokenize import PairTokens
+
+
+@dataclass
+class WorkItem:
+    """One pair to score and an opaque key the caller uses to route its score back."""
+
+    tokens: PairTokens
+    key: Any = None
+
+
+@dataclass
+class BatchGroup:
+    """Items of one batch that share the same query-side ids."""
+
+    shared: tuple[int, ...]
+    items: list[WorkItem] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    groups: list[BatchGroup]
+    num_tokens: int
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(g.items) for g in self.groups)
+
+    @property
+    def keys(self) -> list[Any]:
+        return [it.key for g in self.groups for it in g.items]
+
+
+class Scheduler:
+    """Holds pending pairs and cuts them into batches.
+
+    ``share_prefixes`` False makes every pair an independent sequence. ``is_cached`` tells
+    whether a prefix's keys and values are already cached (then it costs no tokens).
+    """
+
+    def __init__(
+        self,
+        max_num_batched_tokens: int,
+        max_num_seqs: int = 256,
+        share_prefixes: bool = True,
+        is_cached: Callable[[tuple[int, ...]], bool] | None = None,
+    ) -> None:
+        self.max_tokens = max_num_batched_tokens
+        self.max_seqs = max_num_seqs
+        self.share_prefixes = share_prefixes
+        self.is_cached = is_cached or (lambda ids: False)
+        self._pending: OrderedDict[Hashable, BatchGroup] = OrderedDict()
+        self._num_pending = 0
+
+    def __len__(self) -> int:
+        """Number of pairs waiting."""
+        return self._num_pending
+
+    def add(self, items: list[WorkItem]) -> None:
+        for item in items:
+            shared = item.tokens.shared
+            key: Hashable = shared if self.share_prefixes else (shared, id(item))
+            group = self._pending.get(key)
+            if group is None:
+                group = self._pending[key] = BatchGroup(shared)
+            group.items.append(item)
+        self._num_pending += len(items)
+
+    def _cost(self, group: BatchGroup, taken: int, item: WorkItem) -> int:
+        """Tokens that adding ``item`` to a batch already holding ``taken`` items of ``group``
+        costs: its own tokens, plus the prefix when it is the group's first and not cached."""
+        own = len(item.tokens.own)
+        if taken == 0 and not (self.share_prefixes and self.is_cached(group.shared)):
+            return own + len(group.shared)
+        return own
+
+    def next_batch(self) -> Batch | None:
+        """The next batch, first come first served, or None when nothing waits."""
+        if not self._pending:
+            return None
+        groups: list[BatchGroup] = []
+        tokens = pairs = 0
+        full = False
+        for key in list(self._pending):
+            group = self._pending[key]
+            taken: list[WorkItem] = []
+            for item in group.items:
+                cost = self._cost(group, len(taken), item)
+                over = tokens + cost > self.max_tokens or pairs + 1 > self.max_seqs
+                if over and pairs > 0:
+                    full = True
+                    break
+                taken.append(item)
+                tokens += cost
+                pairs += 1
+            if taken:
+                groups.append(BatchGroup(group.shared, taken))
+                del group.items[: len(taken)]
+                if not group.items:
+                    del self._pending[key]
+            if full:
+                break
+        self._num_pending -= pairs
+        return Batch(groups, tokens)
+
+    def plan(self, items: list[WorkItem]) -> list[Batch]:
+        """All batches for an offline job, shortest pairs first so lengths in a batch match."""
+        self.add(sorted(items, key=len_key))
+        batches = []
+        while (batch := self.next_batch()) is not None:
+            batches.append(batch)
+        return batches
+
+
+def len_key(item: WorkItem) -> int:
+    return len(item.tokens)

@@ -1,0 +1,145 @@
+"""The offline Python API: :class:`Reranker` (ours) and :class:`LLM` (vLLM's ``LLM.score``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrank.config import EngineArgs
+from qrank.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+# vLLM constructor arguments that have no meaning here; accepted so vLLM scripts run.
+IGNORED_VLLM_KWARGS = {
+    "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "enforce_eager",
+    "trust_remote_code", "swap_space", "cpu_offload_gb", "disable_log_stats", "runner",
+    "convert", "enable_prefix_caching", "max_num_seqs_per_batch", "distributed_executor_backend",
+    "disable_custom_all_reduce", "tokenizer_mode", "kv_cache_dtype", "load_format",
+}
+
+
+@dataclass
+class ScoreOutput:
+    """One reranked document: its index in the input, its relevance score and its text."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+    @property
+    def relevance_score(self) -> float:
+        return self.score
+
+
+@dataclass
+class ScoringOutput:
+    """vLLM's ``ScoringOutput``; also indexable as ``outputs[0]`` as older vLLM scripts do."""
+
+    score: float
+
+    def __getitem__(self, index: int) -> ScoringOutput:
+        if index not in (0, -1):
+            raise IndexError(index)
+        return self
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield self
+
+
+@dataclass
+class ScoringRequestOutput:
+    """vLLM's ``ScoringRequestOutput``: ``output.outputs.score`` reads the score."""
+
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int] = field(default_factory=list)
+    finished: bool = True
+
+
+class Reranker:
+    """Score documents against a query with a Qwen3-Reranker checkpoint.
+
+    >>> reranker = Reranker("Qwen/Qwen3-Reranker-0.6B")
+    >>> reranker.rerank("capital of China?", ["Beijing is ...", "Gravity is ..."], top_n=1)
+    """
+
+    def __init__(self, model: str | EngineArgs, **kwargs: Any) -> None:
+        args = model if isinstance(model, EngineArgs) else EngineArgs(model=model, **kwargs)
+        self.engine = Engine(args)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def score(self, query: str, documents: list[str], instruction: str | None = None,
+              use_tqdm: bool | None = None) -> list[float]:
+        """Relevance of each document to the query, in the documents' order."""
+        return self.engine.score_tokens(self.engine.encode(query, documents, instruction),
+                                        use_tqdm=use_tqdm)
+
+    def rerank(self, query: str, documents: list[str], top_n: int | None = None,
+               instruction: str | None = None, use_tqdm: bool | None = None
+               ) -> list[ScoreOutput]:
+        """Documents sorted by relevance, best first, with their original index."""
+        scores = self.score(query, documents, instruction, use_tqdm)
+        ranked = sorted(range(len(documents)), key=lambda i: -scores[i])
+        if top_n is not None:
+            ranked = ranked[: max(0, top_n)]
+        return [ScoreOutput(i, scores[i], documents[i]) for i in ranked]
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class LLM:
+    """vLLM's offline ``LLM`` for scoring: ``LLM(model, task="score").score(q, docs)``."""
+
+    def __init__(self, model: str, task: str = "score", hf_overrides: dict | None = None,
+                 **kwargs: Any) -> None:
+        if task not in ("score", "auto", "classify"):
+            raise ValueError(f"qrank serves rerankers: task must be 'score', not {task!r}")
+        for key in set(kwargs) & IGNORED_VLLM_KWARGS:
+            logger.info("ignoring vLLM argument %s=%r", key, kwargs.pop(key))
+        self.engine = Engine(EngineArgs(model=model, hf_overrides=hf_overrides or {}, **kwargs))
+        self._counter = 0
+
+    def score(
+        self,
+        data_1: str | list[str],
+        data_2: str | list[str],
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        instruction: str | None = None,
+        **_: Any,
+    ) -> list[ScoringRequestOutput]:
+        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``."""
+        queries, documents = pair_up(data_1, data_2)
+        max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
+        toks = self.engine.encode_pairs(queries, documents, instruction, max_length)
+        many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
+        scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many)
+        outputs = []
+        for t, s in zip(toks, scores, strict=True):
+            outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s), t.ids))
+            self._counter += 1
+        return outputs
+
+
+def pair_up(data_1: str | list[str], data_2: str | list[str]) -> tuple[list[str], list[str]]:
+    """Expand vLLM's 1:1, 1:N and N:N forms into equal-length query and document lists."""
+    q = [data_1] if isinstance(data_1, str) else list(data_1)
+    d = [data_2] if isinstance(data_2, str) else list(data_2)
+    if not q or not d:
+        raise ValueError("nothing to score: both inputs need at least one text")
+    if len(q) == 1:
+        q = q * len(d)
+    if len(q) != len(d):
+        raise ValueError(f"N:N scoring needs as many texts on each side, got {len(q)} and {len(d)}")
+    return q, d

@@ -1,0 +1,163 @@
+"""Find a checkpoint (local dir, Hugging Face Hub cache, ModelScope cache) and read its files.
+
+Weights are read lazily from (sharded) safetensors, so a caller takes only the tensors it needs:
+the full vocabulary head of a causal-LM checkpoint is never loaded, only two of its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model could not be found locally nor fetched."""
+
+
+def modelscope_candidates(name: str) -> list[Path]:
+    """Where ModelScope's downloader puts a model, old and new cache layouts."""
+    roots = []
+    if os.environ.get("MODELSCOPE_CACHE"):
+        roots.append(Path(os.environ["MODELSCOPE_CACHE"]))
+    roots.append(Path.home() / ".cache" / "modelscope" / "hub")
+    out = []
+    for root in roots:
+        out += [root / "models" / name, root / name, root / name.replace(".", "___")]
+    return out
+
+
+def resolve_model_path(name: str, revision: str | None = None) -> Path:
+    """A local directory holding config.json for ``name``.
+
+    ``name`` may be a directory, a Hugging Face Hub id (looked up in the Hub cache, downloaded
+    when the network allows), or a model in ModelScope's cache.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; is it a model directory?")
+        return path
+    for candidate in modelscope_candidates(name):
+        if (candidate / "config.json").is_file():
+            logger.info("using ModelScope cache %s", candidate)
+            return candidate
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model {name!r}: no such directory, and not a Hub id")
+    return _from_hub(name, revision)
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"could not find {repo_id!r} in the Hugging Face cache nor download it "
+            f"({type(exc).__name__}: {exc}). Without network access, download the model "
+            f"elsewhere and pass its local directory instead, e.g. `qrank serve /path/to/model`, "
+            f"or set HF_HOME to a cache that holds it."
+        ) from exc
+
+
+def read_config(model_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json with ``overrides`` applied on top (vLLM's hf_overrides)."""
+    with open(model_dir / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    return config
+
+
+def find_tokenizer_file(model_dir: Path, tokenizer: str | None = None) -> Path:
+    """tokenizer.json of the model, or of ``tokenizer`` (a dir or a file) when given."""
+    if tokenizer:
+        tok = Path(tokenizer).expanduser()
+        if tok.is_dir():
+            tok = tok / "tokenizer.json"
+        if not tok.is_file():
+            tok = resolve_model_path(tokenizer) / "tokenizer.json"
+    else:
+        tok = model_dir / "tokenizer.json"
+    if not tok.is_file():
+        raise ModelNotFoundError(
+            f"no tokenizer.json at {tok}; pass --tokenizer pointing at the model's tokenizer"
+        )
+    return tok
+
+
+class SafetensorsCheckpoint:
+    """Lazy access to the tensors of a (sharded) safetensors checkpoint by name."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        index = model_dir / WEIGHTS_INDEX
+        if index.is_file():
+            with open(index, encoding="utf-8") as f:
+                weight_map: dict[str, str] = json.load(f)["weight_map"]
+        elif (model_dir / WEIGHTS_FILE).is_file():
+            weight_map = {}
+            with safe_open(model_dir / WEIGHTS_FILE, framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    weight_map[key] = WEIGHTS_FILE
+        else:
+            raise ModelNotFoundError(f"{model_dir} holds no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
+        self.weight_map = weight_map
+        self._stack = ExitStack()
+        self._handles: dict[str, Any] = {}
+
+    def __enter__(self) -> SafetensorsCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._handles.clear()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.weight_map)
+
+    def _handle(self, name: str) -> Any:
+        if name not in self.weight_map:
+            raise KeyError(f"checkpoint {self.model_dir} has no tensor {name!r}")
+        file = self.weight_map[name]
+        if file not in self._handles:
+            self._handles[file] = self._stack.enter_context(
+                safe_open(self.model_dir / file, framework="pt")
+            )
+        return self._handles[file]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def get_rows(self, name: str, rows: list[int]) -> torch.Tensor:
+        """Selected rows of a 2-D tensor, read without loading the rest of it."""
+        sl = self._handle(name).get_slice(name)
+        return torch.stack([sl[r : r + 1][0] for r in rows])
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._handle(name).get_slice(name).get_shape())

@@ -1,0 +1,73 @@
+"""The Qwen3-Reranker prompt template and detection of inputs a client already formatted.
+
+A scored pair is split in two texts, each a plain string:
+
+* the *query side*: template prefix, ``<Instruct>`` line and ``<Query>`` line. It is the same
+  for every document of a query, so the engine can compute it once;
+* the *document body*: ``<Document>: {doc}``, always followed by the template suffix.
+
+Concatenating them gives exactly the model card's ``prefix + body + suffix``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SYSTEM_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+QUERY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n"
+DOCUMENT_TEMPLATE = "<Document>: {doc}"
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One (query, document) pair rendered into the template's two sides.
+
+    ``query_side`` is the system prefix followed by the query body (instruction and query);
+    ``doc_body`` is the document body, without the suffix that always follows it. The whole
+    prompt is ``query_side + doc_body + SUFFIX``.
+    """
+
+    query_side: str
+    doc_body: str
+
+    @property
+    def text(self) -> str:
+        """The whole prompt as one string."""
+        return self.query_side + self.doc_body + SUFFIX
+
+
+def is_preformatted(query: str, documents: list[str]) -> bool:
+    """True when the client already applied the template (as the vLLM recipe does).
+
+    The query must start with the system prefix and every document must end with the suffix.
+    """
+    return query.startswith(SYSTEM_PREFIX) and all(d.endswith(SUFFIX) for d in documents)
+
+
+def render_query_body(query: str, instruction: str | None) -> str:
+    """The ``<Instruct>``/``<Query>`` lines for a raw query (instruction None: the default)."""
+    if instruction is None:
+        instruction = DEFAULT_INSTRUCTION
+    return QUERY_TEMPLATE.format(instruction=instruction, query=query)
+
+
+def render_pairs(
+    query: str, documents: list[str], instruction: str | None = None
+) -> list[PromptPair]:
+    """Render one query and its documents into template sides.
+
+    Preformatted inputs (see :func:`is_preformatted`) pass through unchanged: the query is the
+    query side as it is, and each document minus the suffix is its body. ``instruction`` is then
+    ignored, as the client already wrote its own into the query.
+    """
+    if is_preformatted(query, documents):
+        return [PromptPair(query, d[: len(d) - len(SUFFIX)]) for d in documents]
+    query_side = SYSTEM_PREFIX + render_query_body(query, instruction)
+    return [PromptPair(query_side, DOCUMENT_TEMPLATE.format(doc=d)) for d in documents]

@@ -1,0 +1,25 @@
+"""Flags of ``qrank serve`` beyond the engine's, spelled as vLLM spells them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", "--served_model_name", nargs="+", default=None,
+                   help="name(s) clients use in 'model' (default: the model argument)")
+    g.add_argument("--api-key", "--api_key", default=os.environ.get("QRANK_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $QRANK_API_KEY)")
+    g.add_argument("--max-docs-per-request", type=int, default=1000,
+                   help="most documents (or pairs) in one request")
+    g.add_argument("--max-request-bytes", type=int, default=32 * 1024 * 1024,
+                   help="largest request body accepted")
+    g.add_argument("--max-queued-pairs", type=int, default=100_000,
+                   help="pairs waiting in the engine before new requests get 503")
+    g.add_argument("--uvicorn-log-level", default="warning")
+    g.add_argument("--shutdown-timeout", type=float, default=60.0,
+                   help="seconds to finish in-flight requests after SIGTERM")

@@ -1,0 +1,306 @@
+"""Random-weight checkpoints in the exact Hugging Face layout of the Qwen3-Reranker releases.
+
+``write_test_model`` writes config.json (as the real one), safetensors (one file or shards with
+an index) and the tokenizer files copied from a tokenizer directory. Weights are drawn so that
+context moves the score: tiny models are calibrated so that scores of varied pairs spread over
+roughly 0.05-0.95, which a fidelity test needs to prove anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+VOCAB_SIZE = 151669
+LOGIT_STD = 2.0  # target spread of calibrated logits
+FORMATS = ("original", "seq-cls", "seq-cls-2way")
+
+# Real shapes of Qwen3-Reranker-0.6B/4B/8B, and a tiny one for tests.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 tie_word_embeddings=True),
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                 tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+               tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+               tie_word_embeddings=False),
+}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+# Pairs used to calibrate the head of tiny models, varied in length and topic.
+CALIBRATION_PAIRS = [
+    ("What is the capital of China?", "The capital of China is Beijing."),
+    ("What is the capital of China?", "Gravity is a force that attracts two bodies."),
+    ("how do plants make food", "Photosynthesis converts light, water and CO2 into sugar."),
+    ("how do plants make food", "The stock market closed higher on Friday."),
+    ("best pizza in naples", "Da Michele has served margherita since 1870 in Napoli."),
+    ("best pizza in naples", "Quantum chromodynamics describes the strong interaction."),
+    ("python sort a list", "Use sorted(xs) or xs.sort() to order a list in Python."),
+    ("python sort a list", "Le chat dort sur le canapé depuis ce matin."),
+    ("数据库索引是什么", "索引是一种加快数据库查询的数据结构。"),
+    ("数据库索引是什么", "今天的天气非常好，我们去公园散步吧。"),
+    ("who wrote hamlet", "Hamlet is a tragedy written by William Shakespeare around 1600."),
+    ("who wrote hamlet", "A hamlet is a small settlement, smaller than a village."),
+]
+
+
+def make_config(shape: str, fmt: str, dtype: str, tie: bool | None = None) -> dict[str, Any]:
+    """config.json as the real Qwen3-Reranker checkpoints (or their seq-cls conversions) have."""
+    dims = dict(SHAPES[shape])
+    if tie is not None:
+        dims["tie_word_embeddings"] = tie
+    config: dict[str, Any] = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "head_dim": dims["head_dim"],
+        "hidden_act": "silu",
+        "hidden_size": dims["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": dims["intermediate_size"],
+        "max_position_embeddings": 40960,
+        "max_window_layers": dims["num_hidden_layers"],
+        "model_type": "qwen3",
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_hidden_layers": dims["num_hidden_layers"],
+        "num_key_value_heads": dims["num_key_value_heads"],
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000,
+        "sliding_window": None,
+        "tie_word_embeddings": dims["tie_word_embeddings"],
+        "torch_dtype": dtype,
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": VOCAB_SIZE,
+    }
+    if fmt != "original":
+        labels = 1 if fmt == "seq-cls" else 2
+        config["architectures"] = ["Qwen3ForSequenceClassification"]
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+        config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+        config["tie_word_embeddings"] = False
+        config["pad_token_id"] = 151643
+    return config
+
+
+def weight_specs(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...], float, float]]:
+    """(name, shape, std, mean) of every causal-LM tensor, in the order they are drawn.
+
+    Linear weights have unit gain (std 1/sqrt(fan_in)), the output projection a gain of two and
+    embeddings unit scale, so each block moves the residual stream and the context reaches the
+    last token. (Sharper attention made tiny models chaotic: bfloat16 rounding then moved
+    scores by several hundredths.)
+    """
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    d, nh, nkv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+
+    def linear(out_f: int, in_f: int, gain: float = 1.0) -> tuple[tuple[int, int], float, float]:
+        return (out_f, in_f), gain / math.sqrt(in_f), 0.0
+
+    specs: list[tuple[str, tuple[int, ...], float, float]] = [
+        ("model.embed_tokens.weight", (VOCAB_SIZE, h), 1.0, 0.0)
+    ]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        layer = {
+            "input_layernorm.weight": ((h,), 0.1, 1.0),
+            "post_attention_layernorm.weight": ((h,), 0.1, 1.0),
+            "self_attn.q_proj.weight": linear(nh * d, h),
+            "self_attn.k_proj.weight": linear(nkv * d, h),
+            "self_attn.v_proj.weight": linear(nkv * d, h),
+            "self_attn.o_proj.weight": linear(h, nh * d, gain=2.0),
+            "self_attn.q_norm.weight": ((d,), 0.2, 1.0),
+            "self_attn.k_norm.weight": ((d,), 0.2, 1.0),
+            "mlp.gate_proj.weight": linear(inter, h),
+            "mlp.up_proj.weight": linear(inter, h),
+            "mlp.down_proj.weight": linear(h, inter),
+        }
+        specs += [(p + name, shape, std, mean) for name, (shape, std, mean) in layer.items()]
+    specs.append(("model.norm.weight", (h,), 0.1, 1.0))
+    if not config["tie_word_embeddings"]:
+        specs.append(("lm_head.weight", (VOCAB_SIZE, h), 1.0 / math.sqrt(h), 0.0))
+    return specs
+
+
+def draw_weights(config: dict[str, Any], seed: int, dtype: torch.dtype = torch.float32):
+    """Yield (name, tensor) of random causal-LM weights one at a time, reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    for name, shape, std, mean in weight_specs(config):
+        t = torch.randn(*shape, generator=g)
+        t.mul_(std).add_(mean)
+        # bfloat16-representable values, as real checkpoints hold: a float32 reference and a
+        # bfloat16 run then use the same weights and differ only by activation rounding.
+        yield name, t.to(torch.bfloat16).to(dtype)
+
+
+def _head_source(weights: dict[str, torch.Tensor]) -> str:
+    return "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+
+
+def calibrate(model_dir: Path, weights: dict[str, torch.Tensor], yes: int, no: int,
+              rounds: int = 3) -> None:
+    """Set the yes/no rows so that logits of varied pairs have mean 0 and std ``LOGIT_STD``.
+
+    The head points along the direction in which the last hidden state varies most across
+    pairs, so context moves the score as much as possible for the head's norm (which keeps the
+    score's sensitivity to bfloat16 rounding low); its sign ranks each calibration query's
+    relevant document first. Runs qrank's own float32 forward. With tied embeddings the rows
+    are also input embeddings (the prompt's prefix contains "yes" and "no"), hence a few rounds.
+    """
+    from qrank.config import EngineArgs
+    from qrank.engine.engine import Engine
+
+    queries = [q for q, _ in CALIBRATION_PAIRS]
+    docs = [d for _, d in CALIBRATION_PAIRS]
+    pairs = [(q, d) for q in dict.fromkeys(queries) for d in docs]
+    relevant = torch.tensor([float(i % 2 == 0) for i in range(len(CALIBRATION_PAIRS))])
+    src = _head_source(weights)
+    for _ in range(rounds):
+        _write_shards(model_dir, iter(weights.items()), {}, shards=1)
+        engine = Engine(EngineArgs(model=str(model_dir), dtype="float32", prefix_cache_bytes=0))
+        hidden = engine.hidden_states(pairs).to(torch.float64)  # [n, h] after the final norm
+        engine.close()
+        centred = hidden - hidden.mean(0)
+        direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        logits = centred @ direction
+        own = logits[[pairs.index(p) for p in CALIBRATION_PAIRS]]
+        if float((own * (relevant - 0.5)).sum()) < 0:
+            direction, logits = -direction, -logits
+        w = direction * (LOGIT_STD / float(logits.std()))
+        bias = float(hidden.mean(0) @ w)
+        # logit = h . w - bias; remove the bias with a component along the mean direction
+        mean_h = hidden.mean(0)
+        w = w - bias / float(mean_h @ mean_h) * mean_h
+        weights[src][yes] = (weights[src][no].to(torch.float64) + w).to(torch.bfloat16).float()
+
+
+SHARD_BYTES = 4 * 1024**3
+
+
+def _write_shards(model_dir: Path, tensors, sizes: dict[str, int], shards: int) -> None:
+    """Write (name, tensor) pairs, consumed one at a time, to ``shards`` files (+ index).
+
+    ``sizes`` gives each tensor's bytes in order; shards take near-equal parts, none empty.
+    """
+    for old in model_dir.glob("model*.safetensors*"):
+        old.unlink()
+    metadata = {"format": "pt"}
+    if shards <= 1:
+        save_file(dict(tensors), str(model_dir / "model.safetensors"), metadata=metadata)
+        return
+    if len(sizes) < shards:
+        raise ValueError(f"cannot split {len(sizes)} tensors into {shards} shards")
+    total = sum(sizes.values())
+    shard_of: dict[str, int] = {}
+    current = done = 0
+    for i, (name, size) in enumerate(sizes.items()):
+        later_shards = shards - 1 - current
+        if i and later_shards and (done >= (current + 1) * total / shards
+                                   or len(sizes) - i <= later_shards):
+            current += 1
+        shard_of[name] = current
+        done += size
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    part: dict[str, torch.Tensor] = {}
+    current = 0
+    for name, tensor in tensors:
+        if shard_of[name] != current and part:
+            save_file(part, str(model_dir / files[current]), metadata=metadata)
+            part = {}
+        current = shard_of[name]
+        part[name] = tensor
+    save_file(part, str(model_dir / files[current]), metadata=metadata)
+    weight_map = {name: files[i] for name, i in shard_of.items()}
+    doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps(doc, indent=2))
+
+
+def _final_tensors(config, weights, seed, fmt, yes, no, dtype):
+    """Stream the tensors to write: causal-LM weights, or their seq-cls conversion."""
+    source = weights.items() if weights is not None else draw_weights(config, seed)
+    head_src = "model.embed_tokens.weight" if config["tie_word_embeddings"] else "lm_head.weight"
+    rows = None
+    for name, tensor in source:
+        if name == head_src:
+            rows = tensor[[no, yes]].to(torch.float32).clone()
+        if fmt != "original" and name == "lm_head.weight":
+            continue
+        yield name, tensor.to(dtype).contiguous()
+    if fmt != "original":
+        score = (rows[1] - rows[0])[None] if fmt == "seq-cls" else rows
+        yield "score.weight", score.to(dtype).contiguous()
+
+
+def write_test_model(
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    shape: str = "tiny",
+    fmt: str = "original",
+    dtype: str = "float32",
+    seed: int = 0,
+    shards: int | None = None,
+    tie_word_embeddings: bool | None = None,
+    calibrate_head: bool | None = None,
+) -> Path:
+    """Write a random checkpoint; returns its directory.
+
+    ``shards`` None picks one file up to 4 GiB and enough shards beyond. Tiny models are
+    calibrated (see :func:`calibrate`) unless ``calibrate_head`` is False.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = Path(tokenizer_dir)
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).is_file():
+            shutil.copyfile(tok_dir / name, out / name)
+    if not (out / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tok_dir} has no tokenizer.json")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
+    torch_dtype = getattr(torch, dtype)
+
+    config = make_config(shape, "original", dtype, tie_word_embeddings)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    weights = None
+    if calibrate_head if calibrate_head is not None else shape == "tiny":
+        weights = dict(draw_weights(config, seed))
+        calibrate(out, weights, yes, no)
+
+    item = torch.empty((), dtype=torch_dtype).element_size()
+    sizes = {n: math.prod(sh) * item for n, sh, _, _ in weight_specs(config)}
+    if fmt != "original":
+        sizes.pop("lm_head.weight", None)
+        sizes["score.weight"] = (1 if fmt == "seq-cls" else 2) * config["hidden_size"] * item
+        (out / "config.json").write_text(
+            json.dumps(make_config(shape, fmt, dtype, tie_word_embeddings), indent=2))
+    if shards is None:
+        shards = max(1, math.ceil(sum(sizes.values()) / SHARD_BYTES))
+    tensors = _final_tensors(config, weights, seed, fmt, yes, no, torch_dtype)
+    _write_shards(out, tensors, sizes, shards)
+    logger.info("wrote %s (%s, %s, %s, %d shard(s))", out, shape, fmt, dtype, shards)
+    return out

@@ -1,0 +1,129 @@
+"""Token ids for template pieces, with truncation that never cuts the template's prefix or suffix.
+
+The model card tokenizes ``prefix``, ``body`` and ``suffix`` separately and truncates the body
+from the right. The Qwen3 pre-tokenizer always ends a piece at the newline that closes the
+``<Query>`` line, so encoding the query side and the document body separately yields the same ids
+as the card's single body encoding, and truncating the document from the right is the card's
+truncation. When the query side alone leaves no room, the document is dropped and then the query
+side is cut, keeping the system prefix whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from qrank.prompts import SUFFIX, SYSTEM_PREFIX, PromptPair
+
+logger = logging.getLogger(__name__)
+
+
+class InputTooLongError(ValueError):
+    """A pair is longer than the limit and truncation was turned off."""
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """Token ids of one pair: ``shared`` (query side, common to a query's documents) + ``own``.
+
+    ``own`` is the document body followed by the suffix ids; ``shared + own`` is the full prompt.
+    """
+
+    shared: tuple[int, ...]
+    own: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.shared) + len(self.own)
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.shared, *self.own]
+
+
+class RerankTokenizer:
+    """Encodes prompt pairs for the reranker; caches the query side of recent queries."""
+
+    def __init__(self, tokenizer: Tokenizer, query_cache_size: int = 256) -> None:
+        self.tokenizer = tokenizer
+        self.prefix_ids = tuple(self._encode(SYSTEM_PREFIX))
+        self.suffix_ids = tuple(self._encode(SUFFIX))
+        self._query_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._query_cache_size = query_cache_size
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RerankTokenizer:
+        return cls(Tokenizer.from_file(str(path)))
+
+    def token_id(self, token: str) -> int:
+        """The id of a single vocabulary token, e.g. ``"yes"``; KeyError when it is not one."""
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise KeyError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    @property
+    def template_overhead(self) -> int:
+        """Tokens the template adds that can never be truncated (prefix and suffix)."""
+        return len(self.prefix_ids) + len(self.suffix_ids)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_query_side(self, text: str) -> tuple[int, ...]:
+        cached = self._query_cache.get(text)
+        if cached is not None:
+            self._query_cache.move_to_end(text)
+            return cached
+        ids = tuple(self._encode(text))
+        self._query_cache[text] = ids
+        if len(self._query_cache) > self._query_cache_size:
+            self._query_cache.popitem(last=False)
+        return ids
+
+    def encode_pairs(
+        self, pairs: list[PromptPair], max_length: int, truncate: bool = True
+    ) -> list[PairTokens]:
+        """Encode pairs, truncating each to ``max_length`` tokens (or raising when not allowed)."""
+        if not pairs:
+            return []
+        bodies = [p.doc_body for p in pairs]
+        body_ids = [e.ids for e in self.tokenizer.encode_batch(bodies, add_special_tokens=False)]
+        return [
+            self.fit(self.encode_query_side(p.query_side), ids, max_length, truncate)
+            for p, ids in zip(pairs, body_ids, strict=True)
+        ]
+
+    def fit(
+        self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True
+    ) -> PairTokens:
+        """Assemble one pair, cutting the document body, then the query side, to fit."""
+        suffix = self.suffix_ids
+        total = len(shared) + len(body) + len(suffix)
+        if total <= max_length:
+            return PairTokens(shared, (*body, *suffix))
+        if not truncate:
+            raise InputTooLongError(
+                f"the input has {total} tokens, more than the maximum of {max_length}; "
+                "shorten it or allow truncation"
+            )
+        room = max_length - len(suffix) - len(shared)
+        if room >= 0:
+            return PairTokens(shared, (*body[:room], *suffix))
+        keep = max_length - len(suffix)
+        if keep < len(self.prefix_ids):
+            raise InputTooLongError(
+                f"max length {max_length} leaves no room for the template's "
+                f"{self.template_overhead} tokens"
+            )
+        return PairTokens(shared[:keep], suffix)
+
+    def count(self, text: str) -> int:
+        """Number of tokens of a plain text."""
+        return len(self._encode(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real Qwen3 tokenizer from ../shared and tiny random checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QRANK_SHARED", ROOT.parent / "shared"))
+TOKENIZER_DIR = SHARED / "qwen3-tokenizer"
+SEED_RECIPE = SHARED / "seed" / "000_153ae664cb503a10.txt"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def require_tokenizer() -> Path:
+    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.skip(f"the real Qwen3 tokenizer is not at {TOKENIZER_DIR} (../shared is absent); "
+                    "set QRANK_SHARED to the folder that holds qwen3-tokenizer/")
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return require_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory):
+    """Build (once per session) a tiny checkpoint for the given write_test_model options."""
+    from qrank.testing import write_test_model
+
+    made: dict[tuple, Path] = {}
+
+    def make(**options) -> Path:
+        tok = require_tokenizer()
+        key = tuple(sorted(options.items()))
+        if key not in made:
+            name = "-".join(f"{k}={v}" for k, v in key) or "default"
+            out = tmp_path_factory.mktemp("models") / name
+            made[key] = write_test_model(out, tok, **options)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_factory) -> Path:
+    """The original-format tiny reranker (tied embeddings), float32 weights."""
+    return model_factory()

@@ -1,0 +1,55 @@
+"""Shared-prefix computation and the prefix cache give the unshared scores."""
+
+import pytest
+from inputs import DOCUMENTS
+
+from qrank import EngineArgs
+from qrank.engine.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model):
+    def make(**kw):
+        return Engine(EngineArgs(str(tiny_model), dtype="float32", **kw))
+
+    return {
+        "plain": make(prefix_sharing=False),
+        "shared": make(prefix_cache_bytes=0),
+        "cached": make(),
+        "small_batches": make(max_num_batched_tokens=300),
+    }
+
+
+def pairs(engine):
+    toks = []
+    for q in ["What is the capital of China?", "数据库索引是什么", "q"]:
+        toks += engine.encode(q, DOCUMENTS + ["same length a", "same length b"])
+    return toks
+
+
+def test_sharing_and_caching_equal_the_unshared_computation(engines):
+    want = engines["plain"].score_tokens(pairs(engines["plain"]))
+    for name in ("shared", "cached", "small_batches"):
+        engine = engines[name]
+        for _ in range(2):  # the second round hits the prefix cache
+            got = engine.score_tokens(pairs(engine))
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5, name
+
+
+def test_prefix_cache_hits_and_is_bounded(tiny_model):
+    engine = Engine(EngineArgs(str(tiny_model), dtype="float32"))
+    toks = engine.encode("a query that comes back", ["doc one", "doc two", "doc three"])
+    engine.score_tokens(toks)
+    assert len(engine.prefix_cache) == 1
+    hits = engine.prefix_cache.hits
+    engine.score_tokens(toks)
+    assert engine.prefix_cache.hits == hits + 1
+    per_token = engine.trunk.shape.kv_bytes_per_token(engine.trunk.dtype)
+    assert engine.prefix_cache.nbytes == per_token * len(toks[0].shared)
+
+    tiny_cache = Engine(EngineArgs(str(tiny_model), dtype="float32",
+                                   prefix_cache_bytes=per_token * 80))
+    for q in ["first query", "second query", "third query"]:
+        tiny_cache.score_tokens(tiny_cache.encode(q, ["x", "y"]))
+        assert tiny_cache.prefix_cache.nbytes <= per_token * 80
+    assert len(tiny_cache.prefix_cache) == 1

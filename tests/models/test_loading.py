@@ -1,0 +1,135 @@
+"""Checkpoint formats, head construction, hf_overrides, dtypes and shards."""
+
+import json
+
+import pytest
+import torch
+from inputs import DOCUMENTS, QUERIES
+
+from qrank import EngineArgs, Reranker
+from qrank.models.loader import ModelNotFoundError, resolve_model_path
+from qrank.models.registry import load_model, resolve_dtype
+
+RECIPE_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+
+def scores(model_dir, **kwargs) -> list[float]:
+    reranker = Reranker(str(model_dir), dtype="float32", **kwargs)
+    return [s for q in QUERIES[:3] for s in reranker.score(q, DOCUMENTS[:8])]
+
+
+def close(a, b, tol=1e-5) -> bool:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True)) < tol
+
+
+@pytest.fixture(scope="module")
+def original_scores(tiny_model):
+    return scores(tiny_model)
+
+
+def test_head_is_yes_minus_no_in_float32_and_no_vocabulary_projection(tiny_model):
+    loaded = load_model(EngineArgs(str(tiny_model), dtype="bfloat16"))
+    assert loaded.head.weight.dtype == torch.float32
+    assert loaded.head.weight.shape == (64,)
+    assert loaded.trunk.dtype == torch.bfloat16
+    names = [n for n, _ in loaded.trunk.named_parameters()]
+    assert not any("lm_head" in n for n in names)
+    # the only [vocab, hidden] tensor kept is the input embedding table
+    big = [n for n, p in loaded.trunk.named_parameters() if p.shape[0] == 151669]
+    assert big == ["embed.weight"]
+    from safetensors import safe_open
+
+    with safe_open(tiny_model / "model.safetensors", "pt") as f:
+        emb = f.get_tensor("model.embed_tokens.weight").float()
+    assert torch.allclose(loaded.head.weight, emb[9693] - emb[2152])
+
+
+def test_recipe_hf_overrides_give_the_same_model(tiny_model, original_scores):
+    assert close(scores(tiny_model, hf_overrides=RECIPE_OVERRIDES), original_scores, 1e-7)
+
+
+def test_converted_seq_cls_checkpoints_score_the_same(model_factory, original_scores):
+    one_logit = model_factory(fmt="seq-cls")
+    two_way = model_factory(fmt="seq-cls-2way")
+    config = json.loads((one_logit / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert close(scores(one_logit), original_scores)
+    assert close(scores(two_way), original_scores)
+
+
+def test_untied_embeddings_take_the_rows_from_lm_head(model_factory):
+    from reference import CardReference
+
+    untied = model_factory(tie_word_embeddings=False)
+    config = json.loads((untied / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    ref = CardReference(untied)
+    want = [s for q in QUERIES[:3] for s in ref.score(q, DOCUMENTS[:8])]
+    assert close(scores(untied), want)
+
+
+def test_sharded_safetensors_load(model_factory, tiny_model, original_scores):
+    sharded = model_factory(shards=3)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3
+    assert not (sharded / "model.safetensors").exists()
+    assert close(scores(sharded), original_scores, 1e-7)
+
+
+def test_dtype_auto_and_explicit():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == torch.float32
+    assert resolve_dtype("float16", cpu) == torch.float16
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) in (torch.bfloat16, torch.float32)
+
+
+def test_float16_runs(tiny_model, original_scores):
+    reranker = Reranker(str(tiny_model), dtype="float16")
+    got = reranker.score(QUERIES[0], DOCUMENTS[:8])
+    assert close(got, original_scores[:8], 5e-2)
+
+
+def test_missing_models_get_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError, match="local directory"):
+        resolve_model_path("Qwen/Qwen3-Reranker-0.6B")
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_hub_cache_is_used(tmp_path, monkeypatch, tiny_model):
+    """A model in the Hugging Face cache layout resolves by its Hub id, offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = tmp_path / "hub"
+    snap = hub / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for f in tiny_model.iterdir():
+        (snap / f.name).symlink_to(f)
+    refs = hub / "models--Qwen--Qwen3-Reranker-0.6B" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub))
+    assert resolve_model_path("Qwen/Qwen3-Reranker-0.6B") == snap
+
+
+def test_unsupported_architecture_is_refused(tmp_path, tiny_model):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in tiny_model.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "config.json").unlink()
+    config = json.loads((tiny_model / "config.json").read_text())
+    config["architectures"] = ["LlamaForCausalLM"]
+    config["model_type"] = "llama"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unsupported model"):
+        load_model(EngineArgs(str(bad)))

@@ -1,0 +1,83 @@
+import itertools
+
+import pytest
+from inputs import DOCUMENTS, INSTRUCTIONS, QUERIES
+from reference import card_input_ids, card_tokenizer, format_instruction
+
+from qrank.prompts import SUFFIX, SYSTEM_PREFIX, render_pairs
+from qrank.tokenize import InputTooLongError, RerankTokenizer
+
+
+@pytest.fixture(scope="module")
+def ours(tokenizer_dir):
+    return RerankTokenizer.from_file(tokenizer_dir / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def card(tokenizer_dir):
+    return card_tokenizer(tokenizer_dir)
+
+
+def test_token_ids_equal_the_model_cards(ours, card):
+    for query, instruction in itertools.product(QUERIES, INSTRUCTIONS):
+        pairs = render_pairs(query, DOCUMENTS, instruction)
+        got = [p.ids for p in ours.encode_pairs(pairs, 8192)]
+        want = card_input_ids(card, [format_instruction(instruction, query, d)
+                                     for d in DOCUMENTS])
+        assert got == want, (query, instruction)
+
+
+def test_shared_part_is_the_query_side(ours):
+    pairs = ours.encode_pairs(render_pairs("q", ["a", "b b b"]), 8192)
+    assert pairs[0].shared == pairs[1].shared
+    assert pairs[0].shared[: len(ours.prefix_ids)] == ours.prefix_ids
+    assert pairs[0].own[-len(ours.suffix_ids):] == ours.suffix_ids
+
+
+def test_preformatted_ids_equal_raw_ids_and_vllm_pair_encoding(ours, card):
+    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    for query in QUERIES:
+        q_text = SYSTEM_PREFIX + f"<Instruct>: {instruction}\n<Query>: {query}\n"
+        d_texts = [f"<Document>: {d}{SUFFIX}" for d in DOCUMENTS]
+        pre = [p.ids for p in ours.encode_pairs(render_pairs(q_text, d_texts), 8192)]
+        raw = [p.ids for p in ours.encode_pairs(render_pairs(query, DOCUMENTS, instruction), 8192)]
+        assert pre == raw
+        # vLLM encodes text and text_pair separately and concatenates the ids
+        vllm = [card(q_text, d, add_special_tokens=False)["input_ids"] for d in d_texts]
+        assert pre == vllm
+
+
+@pytest.mark.parametrize("max_length", [90, 120, 333])
+def test_truncation_cuts_the_document_and_keeps_the_suffix(ours, card, max_length):
+    long_doc = " ".join(f"token{i}" for i in range(500))
+    pairs = render_pairs("a query", [long_doc, "short"])
+    long_ids, short_ids = (p.ids for p in ours.encode_pairs(pairs, max_length))
+    assert len(long_ids) == max_length
+    assert long_ids[-len(ours.suffix_ids):] == list(ours.suffix_ids)
+    assert long_ids[: len(ours.prefix_ids)] == list(ours.prefix_ids)
+    assert len(short_ids) < max_length
+    # exactly what the model card's truncation gives
+    want = card_input_ids(card, [format_instruction(None, "a query", long_doc)], max_length)
+    assert long_ids == want[0]
+
+
+def test_query_alone_too_long_drops_the_document_then_cuts_the_query(ours):
+    query = " ".join(f"q{i}" for i in range(400))
+    (pair,) = ours.encode_pairs(render_pairs(query, ["a document"]), 120)
+    assert len(pair) == 120
+    assert pair.ids[: len(ours.prefix_ids)] == list(ours.prefix_ids)
+    assert pair.ids[-len(ours.suffix_ids):] == list(ours.suffix_ids)
+    assert "a document" not in ours.decode(pair.ids)
+
+
+def test_no_truncation_raises_a_clear_error(ours):
+    pairs = render_pairs("q", ["word " * 300])
+    with pytest.raises(InputTooLongError, match="more than the maximum of 100"):
+        ours.encode_pairs(pairs, 100, truncate=False)
+
+
+def test_special_token_ids_are_looked_up(ours):
+    assert ours.token_id("yes") == 9693
+    assert ours.token_id("no") == 2152
+    with pytest.raises(KeyError):
+        ours.token_id("not a single token")
