@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QRANK_SHARED", ROOT.parent / "shared"))
-TOKENIZER_DIR = SHARED / "qwen3-tokenizer"
-SEED_RECIPE = SHARED / "seed" / "000_153ae664cb503a10.txt"
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paths import TOKENIZER_DIR  # noqa: E402
 
 
 def require_tokenizer() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import SEED_RECIPE
+from paths import SEED_RECIPE
 
 
 def recipe_text() -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from qrank.prompts import SUFFIX, SYSTEM_PREFIX, PromptPair
+from qrank.prompts import DOCUMENT_TEMPLATE, SUFFIX, SYSTEM_PREFIX, PromptPair
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class RerankTokenizer:
         self.tokenizer = tokenizer
         self.prefix_ids = tuple(self._encode(SYSTEM_PREFIX))
         self.suffix_ids = tuple(self._encode(SUFFIX))
+        # "<Document>:" before the text; the space after it joins the text's first word
+        self.doc_label_len = len(self._encode(DOCUMENT_TEMPLATE.split("{", 1)[0].rstrip()))
         self._query_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._query_cache_size = query_cache_size
 
@@ -85,13 +87,20 @@ class RerankTokenizer:
         return ids
 
     def encode_pairs(
-        self, pairs: list[PromptPair], max_length: int, truncate: bool = True
+        self, pairs: list[PromptPair], max_length: int, truncate: bool = True,
+        max_doc_tokens: int | None = None,
     ) -> list[PairTokens]:
-        """Encode pairs, truncating each to ``max_length`` tokens (or raising when not allowed)."""
+        """Encode pairs, truncating each to ``max_length`` tokens (or raising when not allowed).
+
+        ``max_doc_tokens`` first cuts each document's text to that many tokens (Cohere's
+        ``max_tokens_per_doc``), whatever ``truncate`` says.
+        """
         if not pairs:
             return []
         bodies = [p.doc_body for p in pairs]
         body_ids = [e.ids for e in self.tokenizer.encode_batch(bodies, add_special_tokens=False)]
+        if max_doc_tokens is not None:
+            body_ids = [ids[: self.doc_label_len + max_doc_tokens] for ids in body_ids]
         return [
             self.fit(self.encode_query_side(p.query_side), ids, max_length, truncate)
             for p, ids in zip(pairs, body_ids, strict=True)

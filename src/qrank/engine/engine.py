@@ -65,11 +65,12 @@ class Engine:
         instruction: str | None = None,
         max_length: int | None = None,
         truncate: bool = True,
+        max_doc_tokens: int | None = None,
     ) -> list[PairTokens]:
         """Template and tokenize one query with its documents."""
         limit = min(max_length or self.max_model_len, self.max_model_len)
         pairs = render_pairs(query, documents, instruction)
-        return self.tokenizer.encode_pairs(pairs, limit, truncate)
+        return self.tokenizer.encode_pairs(pairs, limit, truncate, max_doc_tokens)
 
     def encode_pairs(
         self, queries: list[str], documents: list[str], instruction: str | None = None,
@@ -204,6 +205,9 @@ class AsyncEngine:
         if not pairs:
             future.set_result([])
             return future
+        if len(pairs) > self.max_queued_pairs:
+            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
+                             f"{self.max_queued_pairs}: split the request")
         with self._cond:
             if not self.alive or self._stopping:
                 raise EngineDeadError("the engine is not running")

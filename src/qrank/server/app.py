@@ -1,0 +1,351 @@
+"""The FastAPI app: routes, auth, limits, errors; and ``run_server`` for ``qrank serve``.
+
+The app knows nothing of tensors: it tokenizes in a worker thread, submits token ids to the
+:class:`~qrank.engine.engine.AsyncEngine` and awaits its Future, so the event loop never blocks
+on model compute and requests in flight are batched together by the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import qrank
+from qrank.engine.engine import AsyncEngine, EngineDeadError, QueueFullError
+from qrank.llm import pair_up
+from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
+from qrank.server.protocol import (
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreUsage,
+    Usage,
+    error_body,
+)
+from qrank.tokenize import InputTooLongError, PairTokens
+
+logger = logging.getLogger(__name__)
+
+OPEN_ROUTES = {"/health"}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
+}
+
+
+class APIError(Exception):
+    """An error the client gets as an OpenAI-style body with this HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers = status, message, param, headers
+
+
+@dataclass
+class ServerSettings:
+    served_model_names: list[str]
+    api_key: str | None = None
+    max_docs_per_request: int = 1000
+    max_request_bytes: int = 32 * 1024 * 1024
+    shutdown_timeout: float = 60.0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def error_response(status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+class BodySizeLimit:
+    """Refuses bodies over ``max_bytes`` with 413, by Content-Length or by counting chunks.
+
+    The body is read here, within the limit, and replayed to the app.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(
+            413, f"the request body exceeds the limit of {self.max_bytes} bytes; send fewer "
+                 "or shorter documents per request")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """A readable message (and the offending field) from pydantic's errors."""
+    parts, param = [], None
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            return f"the request body is not valid JSON: {err.get('msg')}", None
+        if not loc and err.get("type") in ("model_attributes_type", "dict_type"):
+            return ("the request body must be a JSON object, sent with "
+                    "'Content-Type: application/json'"), None
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts), param
+
+
+def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
+    """The HTTP app serving ``engine`` under ``settings``."""
+    metrics = ServerMetrics()
+    core = engine.engine
+    metrics.watch(lambda: engine.num_pending_pairs, lambda: core.prefix_cache.hits,
+                  lambda: core.prefix_cache.nbytes)
+    core.on_batch = metrics.observe_batch
+    display_name = settings.served_model_names[0]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        logger.info("qrank ready: serving %s as %s", core.model_path,
+                    ", ".join(settings.served_model_names))
+        yield
+        logger.info("shutting down: finishing queued pairs")
+        await run_in_threadpool(engine.shutdown, settings.shutdown_timeout)
+
+    options: dict[str, Any] = {}
+    if "strict_content_type" in inspect.signature(FastAPI).parameters:
+        options["strict_content_type"] = False  # parse JSON without a Content-Type, as vLLM
+    app = FastAPI(title="qrank", version=qrank.__version__, lifespan=lifespan,
+                  description="Reranking with Qwen3-Reranker: vLLM, Jina and Cohere "
+                              "compatible rerank and score APIs.", **options)
+    app.state.metrics = metrics
+
+    # ---- middleware ------------------------------------------------------------------------
+    @app.middleware("http")
+    async def auth_and_metrics(request: Request,
+                               call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        if settings.api_key and request.url.path not in OPEN_ROUTES:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(
+                token.strip().encode(), settings.api_key.encode()
+            ):
+                response: Response = error_response(
+                    401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+                metrics.observe_request("unauthorized", 401, time.perf_counter() - start)
+                return response
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        metrics.observe_request(label, response.status_code, time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    # ---- errors ------------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error")
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def check_model(name: str | None) -> None:
+        if name is not None and name not in settings.served_model_names:
+            raise APIError(404, f"the model `{name}` does not exist; this server serves "
+                                f"{', '.join(settings.served_model_names)}", "model")
+
+    def check_count(n: int, what: str) -> None:
+        if n > settings.max_docs_per_request:
+            raise APIError(400, f"{n} {what} in one request; the limit is "
+                                f"{settings.max_docs_per_request}: split the request", what)
+
+    def max_length(truncate_prompt_tokens: int | None) -> int | None:
+        if truncate_prompt_tokens in (None, -1):
+            return None
+        if truncate_prompt_tokens > core.max_model_len:
+            raise APIError(400, f"truncate_prompt_tokens ({truncate_prompt_tokens}) is greater "
+                                f"than max_model_len ({core.max_model_len})",
+                           "truncate_prompt_tokens")
+        return truncate_prompt_tokens
+
+    async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any) -> list[PairTokens]:
+        try:
+            return await run_in_threadpool(fn, *args)
+        except InputTooLongError as exc:
+            raise APIError(400, str(exc), "documents") from exc
+
+    async def score(pairs: list[PairTokens]) -> list[float]:
+        try:
+            future = engine.submit(pairs)
+        except QueueFullError as exc:
+            raise APIError(503, f"the server is busy ({exc}); retry shortly",
+                           headers={"Retry-After": "1"}) from exc
+        except EngineDeadError as exc:
+            raise APIError(503, str(exc)) from exc
+        except ValueError as exc:
+            raise APIError(400, str(exc), "documents") from exc
+        try:
+            scores = await asyncio.wrap_future(future)
+        except EngineDeadError as exc:
+            raise APIError(503, str(exc)) from exc
+        metrics.observe_scored(len(pairs), sum(len(p) for p in pairs))
+        return scores
+
+    # ---- routes ------------------------------------------------------------------------------
+    @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
+    @app.post("/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
+    @app.post("/v2/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
+    async def rerank(req: RerankRequest) -> JSONResponse:
+        """Rerank documents by relevance to the query (vLLM / Jina / Cohere)."""
+        check_model(req.model)
+        docs = req.document_texts()
+        check_count(len(docs), "documents")
+        pairs = await tokenize(core.encode, req.query, docs, req.instruction,
+                               max_length(req.truncate_prompt_tokens), req.truncate,
+                               req.max_tokens_per_doc)
+        scores = await score(pairs)
+        order = sorted(range(len(docs)), key=lambda i: -scores[i])
+        if req.top_n:
+            order = order[: req.top_n]
+        results = [
+            RerankResult(index=i, relevance_score=scores[i],
+                         document=RerankDocument(text=docs[i]) if req.return_documents else None)
+            for i in order
+        ]
+        tokens = sum(len(p) for p in pairs)
+        body = RerankResponse(model=req.model or display_name,
+                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+                              results=results).model_dump()
+        if not req.return_documents:
+            for r in body["results"]:
+                del r["document"]
+        return JSONResponse(body)
+
+    @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    async def score_pairs(req: ScoreRequest) -> ScoreResponse:
+        """Score 1:1, 1:N or N:N text pairs (vLLM's score API)."""
+        check_model(req.model)
+        try:
+            queries, docs = pair_up(req.text_1, req.text_2)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "text_2") from exc
+        check_count(len(docs), "pairs")
+        pairs = await tokenize(core.encode_pairs, queries, docs, req.instruction,
+                               max_length(req.truncate_prompt_tokens), req.truncate)
+        scores = await score(pairs)
+        tokens = sum(len(p) for p in pairs)
+        return ScoreResponse(
+            model=req.model or display_name,
+            data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return ModelList(data=[
+            ModelCard(id=name, created=settings.created, root=str(core.model_path),
+                      max_model_len=core.max_model_len)
+            for name in settings.served_model_names
+        ])
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not engine.alive:
+            return error_response(503, "the engine is not running")
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": qrank.__version__}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def run_server(ns: argparse.Namespace) -> int:
+    """``qrank serve``: load the model once, then serve until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from qrank.config import engine_args_from_namespace
+    from qrank.engine.engine import Engine
+
+    args = engine_args_from_namespace(ns)
+    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
+    settings = ServerSettings(
+        served_model_names=ns.served_model_name or [ns.model],
+        api_key=ns.api_key or None,
+        max_docs_per_request=ns.max_docs_per_request,
+        max_request_bytes=ns.max_request_bytes,
+        shutdown_timeout=ns.shutdown_timeout,
+    )
+    app = create_app(engine, settings)
+    logger.info("listening on http://%s:%d (auth %s)", ns.host, ns.port,
+                "on" if settings.api_key else "off")
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.uvicorn_log_level,
+                timeout_graceful_shutdown=ns.shutdown_timeout)
+    return 0

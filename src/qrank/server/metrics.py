@@ -1,0 +1,69 @@
+"""Prometheus metrics of the server and its engine, in a registry of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from qrank.engine.engine import BatchStats
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class ServerMetrics:
+    """Requests by route and status, latencies, pairs and tokens scored, batch shapes, queue."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("qrank_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("qrank_request_latency_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.pairs = Counter("qrank_pairs_scored", "query-document pairs scored", registry=r)
+        self.prompt_tokens = Counter("qrank_prompt_tokens", "tokens of the pairs scored, "
+                                     "template included", registry=r)
+        self.batch_pairs = Histogram("qrank_batch_pairs", "pairs per forward batch",
+                                     buckets=PAIR_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("qrank_batch_tokens", "tokens computed per forward batch",
+                                      buckets=TOKEN_BUCKETS, registry=r)
+        self.batch_requests = Histogram("qrank_batch_requests",
+                                        "distinct requests whose pairs share a forward batch",
+                                        buckets=REQUEST_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("qrank_batch_seconds", "forward time per batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Gauge("qrank_queue_pairs", "pairs waiting for the engine", registry=r)
+        self.prefix_hits = Gauge("qrank_prefix_cache_hits", "prefix cache hits", registry=r)
+        self.prefix_bytes = Gauge("qrank_prefix_cache_bytes", "bytes held by the prefix cache",
+                                  registry=r)
+
+    def watch(self, queue_depth: Callable[[], float], prefix_hits: Callable[[], float],
+              prefix_bytes: Callable[[], float]) -> None:
+        """Gauges read at scrape time."""
+        self.queue.set_function(queue_depth)
+        self.prefix_hits.set_function(prefix_hits)
+        self.prefix_bytes.set_function(prefix_bytes)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_pairs.observe(stats.num_pairs)
+        self.batch_tokens.observe(stats.num_tokens)
+        self.batch_requests.observe(stats.num_requests)
+        self.batch_seconds.observe(stats.seconds)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    def observe_scored(self, pairs: int, tokens: int) -> None:
+        self.pairs.inc(pairs)
+        self.prompt_tokens.inc(tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,164 @@
+"""Request, response and error models of the HTTP API (vLLM, Jina and Cohere compatible)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+
+class TextDocument(BaseModel):
+    """A document given as an object, as Cohere and Jina clients send it."""
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """POST /rerank, /v1/rerank, /v2/rerank."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, description="served model name; optional")
+    query: str = Field(..., description="the search query")
+    documents: list[str | TextDocument] = Field(
+        ..., min_length=1, description="texts to rerank, as strings or {'text': ...} objects"
+    )
+    top_n: int | None = Field(
+        None, ge=0, description="return only the n best results (0 or absent: all)"
+    )
+    return_documents: bool = Field(True, description="echo each document's text in results")
+    instruction: str | None = Field(
+        None, description="the <Instruct> line of the Qwen3-Reranker template (default: the "
+                          "model card's web-search instruction)"
+    )
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="cut each pair to this many tokens (-1: max_model_len)"
+    )
+    truncate: bool = Field(
+        True, validation_alias=AliasChoices("truncate", "truncation"),
+        description="cut inputs longer than max_model_len inside the document; false: reject "
+                    "them with 400",
+    )
+    max_tokens_per_doc: int | None = Field(
+        None, ge=1, description="cut each document's text to this many tokens (Cohere v2)"
+    )
+
+    def document_texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class ScoreRequest(BaseModel):
+    """POST /score, /v1/score: 1:1, 1:N and N:N pairs, as vLLM's score API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    text_1: str | list[str] = Field(
+        ..., validation_alias=AliasChoices("text_1", "queries"), description="query or queries"
+    )
+    text_2: str | list[str] = Field(
+        ..., validation_alias=AliasChoices("text_2", "documents"),
+        description="document or documents",
+    )
+    instruction: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate: bool = Field(True, validation_alias=AliasChoices("truncate", "truncation"))
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> ScoreRequest:
+        for name in ("text_1", "text_2"):
+            value = getattr(self, name)
+            if isinstance(value, list) and not value:
+                raise ValueError(f"{name} must hold at least one text")
+        return self
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ScoreUsage(Usage):
+    completion_tokens: int = 0
+
+
+class RerankDocument(BaseModel):
+    text: str
+    multi_modal: Any | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"rerank-{uuid.uuid4().hex}")
+    model: str
+    usage: Usage
+    results: list[RerankResult]
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"score-{uuid.uuid4().hex}")
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ScoreData]
+    usage: ScoreUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qrank"
+    root: str
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI-style error body; ``code`` is the HTTP status."""
+
+    error: ErrorInfo
+
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+    415: "UnsupportedMediaTypeError",
+    422: "BadRequestError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    info = ErrorInfo(message=message, type=ERROR_TYPES.get(status, "Error"), param=param,
+                     code=status)
+    return ErrorResponse(error=info).model_dump()
