@@ -10,6 +10,7 @@ from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MAX_MODEL_LEN = 8192
+COMPILE_MIN_HIDDEN = 512
 
 
 def available_cores() -> int:
@@ -34,13 +35,13 @@ class EngineArgs:
     dtype: str = "auto"
     device: str = "cpu"
     max_model_len: int | None = None
-    max_num_batched_tokens: int = 4096
+    max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
     threads: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     prefix_sharing: bool = True
     prefix_cache_bytes: int = 512 * 1024 * 1024
-    compile: bool = False
+    compile: str | bool = "auto"
     quantization: str | None = None
     seed: int = 0
 
@@ -53,11 +54,23 @@ class EngineArgs:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
+        if isinstance(self.compile, bool):
+            self.compile = "on" if self.compile else "off"
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"quantization must be 'int8' or unset, not {self.quantization!r}")
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads else available_cores()
+
+    def resolved_compile(self, hidden_size: int) -> bool:
+        """``auto`` compiles real-sized models (hidden >= COMPILE_MIN_HIDDEN) on the CPU, where
+        it was measured: the fused element-wise work pays for its ~20 s first compile (cached
+        on disk afterwards); tiny test models gain nothing from it."""
+        if self.compile == "auto":
+            return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
+        return self.compile == "on"
 
 
 def parse_json_dict(text: str, name: str) -> dict[str, Any]:
@@ -85,7 +98,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_MAX_MODEL_LEN}, capped by the model)")
     g.add_argument("--max-num-batched-tokens", "--max_num_batched_tokens", type=int,
                    default=EngineArgs.max_num_batched_tokens,
-                   help="token budget of one forward batch")
+                   help="token budget of one forward batch (2048: where bf16 matmuls on "
+                        "AMX run fastest)")
     g.add_argument("--max-num-seqs", "--max_num_seqs", type=int, default=EngineArgs.max_num_seqs,
                    help="most pairs in one forward batch")
     g.add_argument("--threads", type=int, default=None,
@@ -96,8 +110,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="compute each pair's query tokens on their own")
     g.add_argument("--prefix-cache-bytes", type=int, default=EngineArgs.prefix_cache_bytes,
                    help="bytes of query-prefix keys/values kept across requests (0: off)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoder blocks (slow first batches)")
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the element-wise work around attention (auto: for "
+                        f"models with hidden size >= {COMPILE_MIN_HIDDEN}; the first start "
+                        "compiles for ~20 s)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
 

@@ -25,14 +25,15 @@ def reference_scores(reference):
     }
 
 
-@pytest.fixture(scope="module")
-def fp32(tiny_model):
-    return Reranker(str(tiny_model), dtype="float32")
+# every optimisation on: torch.compile of the element-wise work ("on"), or eager ("off")
+@pytest.fixture(scope="module", params=["off", "on"], ids=["eager", "compiled"])
+def fp32(tiny_model, request):
+    return Reranker(str(tiny_model), dtype="float32", compile=request.param)
 
 
-@pytest.fixture(scope="module")
-def bf16(tiny_model):
-    return Reranker(str(tiny_model), dtype="bfloat16")
+@pytest.fixture(scope="module", params=["off", "on"], ids=["eager", "compiled"])
+def bf16(tiny_model, request):
+    return Reranker(str(tiny_model), dtype="bfloat16", compile=request.param)
 
 
 def test_tiny_model_scores_spread_with_context(reference_scores):

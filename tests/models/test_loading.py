@@ -133,3 +133,19 @@ def test_unsupported_architecture_is_refused(tmp_path, tiny_model):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unsupported model"):
         load_model(EngineArgs(str(bad)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        load_model(EngineArgs(str(tiny_model), device="cuda"))
+
+
+def test_compile_auto_is_for_real_sized_models_on_cpu():
+    assert EngineArgs("m").resolved_compile(1024) is True
+    assert EngineArgs("m").resolved_compile(64) is False
+    assert EngineArgs("m", device="cuda").resolved_compile(4096) is False
+    assert EngineArgs("m", compile="on").resolved_compile(64) is True
+    assert EngineArgs("m", compile=False).resolved_compile(4096) is False
+    with pytest.raises(ValueError, match="compile"):
+        EngineArgs("m", compile="sometimes")

@@ -54,6 +54,10 @@ class Engine:
         self.max_model_len = loaded.max_model_len
         self.prefix_cache = PrefixCache(args.prefix_cache_bytes if args.prefix_sharing else 0)
         self.on_batch: Callable[[BatchStats], None] | None = None
+        if args.resolved_compile(self.trunk.shape.hidden_size):
+            logger.info("compiling the decoder's element-wise work (torch.compile)")
+            self.trunk.compile()
+            self.warm_up()
         logger.info("engine ready: %d threads, batch budget %d tokens, prefix cache %d MiB",
                     threads, args.max_num_batched_tokens, self.prefix_cache.capacity >> 20)
 
@@ -148,6 +152,15 @@ class Engine:
                     scores[key] = s
                 bar.update(batch.num_pairs)
         return scores
+
+    def warm_up(self) -> None:
+        """Run small batches of every kind once (compiles the graphs when compiling)."""
+        start = time.perf_counter()
+        prefix = list(self.tokenizer.prefix_ids)
+        docs = [list(self.tokenizer.suffix_ids) * 3, list(self.tokenizer.suffix_ids)]
+        self.trunk([SeqGroup(prefix, docs)])  # shared prefix, two lengths
+        self.trunk([SeqGroup([], docs[:1])])  # one sequence alone: single-row last layer
+        logger.info("warm-up took %.1f s", time.perf_counter() - start)
 
     def hidden_states(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
         """Final-norm hidden states of the last token of (query, document) pairs, float32."""

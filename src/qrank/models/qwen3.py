@@ -105,8 +105,52 @@ class _Plan:
     masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
-class RMSNorm(nn.Module):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Root-mean-square norm, computed in float32 and scaled in the input dtype (as Qwen3)."""
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def pre_attention(
+    x: torch.Tensor, norm_w: torch.Tensor, qkv_w: torch.Tensor, q_norm_w: torch.Tensor,
+    k_norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, num_heads: int,
+    num_kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input norm, fused QKV projection, per-head q/k norms and RoPE of packed tokens.
+
+    Returns q [T, H, d], k [T, Hkv, d], v [T, Hkv, d]. A pure function of its tensors, so one
+    compiled graph serves every layer. q and k heads are normed and rotated together; RoPE is
+    written on the two halves of each head, the same products and sums as Qwen3's
+    ``q * cos + rotate_half(q) * sin`` (cos and sin repeat their first half), which the
+    compiler fuses into one pass.
+    """
+    d = q_norm_w.shape[0]
+    qkv = F.linear(rms_norm(x, norm_w, eps), qkv_w)
+    heads = num_heads + num_kv_heads
+    qk = qkv[:, : heads * d].unflatten(-1, (heads, d))
+    norm = torch.cat((q_norm_w.expand(num_heads, d), k_norm_w.expand(num_kv_heads, d)))
+    qk = rms_norm(qk, norm, eps)
+    half = d // 2
+    x1, x2 = qk[..., :half], qk[..., half:]
+    c, s = cos[:, None, :half], sin[:, None, :half]
+    qk = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    v = qkv[:, heads * d :].unflatten(-1, (num_kv_heads, d))
+    return qk[:, :num_heads], qk[:, num_heads:], v
+
+
+def post_attention(
+    x: torch.Tensor, attn: torch.Tensor, o_w: torch.Tensor, norm_w: torch.Tensor,
+    gate_up_w: torch.Tensor, down_w: torch.Tensor, eps: float,
+) -> torch.Tensor:
+    """Output projection and residual, then the SwiGLU MLP and residual."""
+    x = x + F.linear(attn, o_w)
+    gate, up = F.linear(rms_norm(x, norm_w, eps), gate_up_w).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down_w)
+
+
+class RMSNorm(nn.Module):
+    """Holds a norm's weight; the computation is :func:`rms_norm`."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -114,19 +158,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.to(torch.float32)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Qwen3Block(nn.Module):
-    """One decoder layer with fused QKV and gate-up projections."""
+    """One decoder layer's weights, with fused QKV and gate-up projections."""
 
     def __init__(self, shape: Qwen3Shape) -> None:
         super().__init__()
@@ -143,25 +179,13 @@ class Qwen3Block(nn.Module):
         self.gate_up = nn.Linear(h, 2 * shape.intermediate_size, bias=False)
         self.down = nn.Linear(shape.intermediate_size, h, bias=False)
 
-    def project_qkv(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normed, rotated q [T, H, d], k [T, Hkv, d] and v [T, Hkv, d] of packed tokens."""
-        d = self.shape.head_dim
-        qkv = self.qkv(self.input_norm(x))
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.unflatten(-1, (-1, d)))
-        k = self.k_norm(k.unflatten(-1, (-1, d)))
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        return q, k, v.unflatten(-1, (-1, d))
+    def pre_args(self) -> tuple:
+        return (self.input_norm.weight, self.qkv.weight, self.q_norm.weight,
+                self.k_norm.weight)
 
-    def finish(self, residual: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Output projection, residual, and the SwiGLU MLP."""
-        x = residual + self.o_proj(attn)
-        gate, up = self.gate_up(self.post_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+    def post_args(self) -> tuple:
+        return (self.o_proj.weight, self.post_norm.weight, self.gate_up.weight,
+                self.down.weight, self.shape.rms_norm_eps)
 
 
 class Qwen3Scorer(nn.Module):
@@ -180,6 +204,14 @@ class Qwen3Scorer(nn.Module):
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention = sdpa_attention
+        self.pre_attention = pre_attention
+        self.post_attention = post_attention
+
+    def compile(self, **options: Any) -> None:  # type: ignore[override]
+        """torch.compile the element-wise work around attention: one graph for all layers,
+        dynamic in the number of tokens."""
+        self.pre_attention = torch.compile(pre_attention, dynamic=True, **options)
+        self.post_attention = torch.compile(post_attention, dynamic=True, **options)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -252,8 +284,10 @@ class Qwen3Scorer(nn.Module):
             g: [] for g in plan.prefix_segments if groups[g].keep_prefix_kv
         }
         n_layers = len(self.layers)
+        shape = self.shape
         for li, layer in enumerate(self.layers):
-            q, k, v = layer.project_qkv(x, cos, sin)
+            q, k, v = self.pre_attention(x, *layer.pre_args(), cos, sin, shape.rms_norm_eps,
+                                         shape.num_heads, shape.num_kv_heads)
             prefix_kv = {}
             for g, group in enumerate(groups):
                 if g in plan.prefix_segments:
@@ -266,38 +300,48 @@ class Qwen3Scorer(nn.Module):
             if li < n_layers - 1:
                 attn = torch.empty_like(q)
                 self._attend_all(plan, q, k, v, prefix_kv, attn)
-                x = layer.finish(x, attn.flatten(1))
+                x = self.post_attention(x, attn.flatten(1), *layer.post_args())
             else:
                 attn = self._attend_last(plan, q, k, v, prefix_kv)
-                x = layer.finish(x[last_rows], attn.flatten(1))
+                x = self.post_attention(x[last_rows], attn.flatten(1), *layer.post_args())
         return self.norm(x), plan.doc_order, kept
 
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
                     out: torch.Tensor) -> None:
-        """Attention for every token: prefixes causally, documents over prefix + themselves."""
+        """Attention for every token: prefixes causally, documents over prefix + themselves.
+
+        Sequences are zero-padded at their end to a multiple of ``PAD_MULTIPLE``: the CPU flash
+        kernel runs up to 2.5x slower on other lengths, and causal attention never lets a real
+        token see the padding after it.
+        """
         for s, n in plan.prefix_segments.values():
-            out[s : s + n] = self.attention(
-                q[s : s + n].transpose(0, 1)[None],
-                k[s : s + n].transpose(0, 1)[None],
-                v[s : s + n].transpose(0, 1)[None],
-                causal=True,
-            )[0].transpose(0, 1)
+            self._attend_causal(q, k, v, s, 1, n, out)
         for b in plan.buckets:
-            e = b.start + b.count * b.length
-            qb = q[b.start : e].unflatten(0, (b.count, b.length)).transpose(1, 2)
-            kb = k[b.start : e].unflatten(0, (b.count, b.length)).transpose(1, 2)
-            vb = v[b.start : e].unflatten(0, (b.count, b.length)).transpose(1, 2)
             pkv = prefix_kv.get(b.group)
             if pkv is None:
-                ob = self.attention(qb, kb, vb, causal=True)
-            else:
-                pk, pv = pkv
-                kb = torch.cat((pk[None].expand(b.count, -1, -1, -1), kb), dim=2)
-                vb = torch.cat((pv[None].expand(b.count, -1, -1, -1), vb), dim=2)
-                mask = self._mask(plan, pk.shape[1], b.length, q.device)
-                ob = self.attention(qb, kb, vb, mask=mask)
-            out[b.start : e] = ob.transpose(1, 2).flatten(0, 1)
+                self._attend_causal(q, k, v, b.start, b.count, b.length, out)
+                continue
+            pk, pv = pkv
+            p, d_len = pk.shape[1], padded(b.length)
+            pp = padded(p)
+            qb = seq_batch(q, b.start, b.count, b.length, d_len)
+            kb = torch.cat((pad_seq(pk, pp, 1)[None].expand(b.count, -1, -1, -1),
+                            seq_batch(k, b.start, b.count, b.length, d_len)), dim=2)
+            vb = torch.cat((pad_seq(pv, pp, 1)[None].expand(b.count, -1, -1, -1),
+                            seq_batch(v, b.start, b.count, b.length, d_len)), dim=2)
+            ob = self.attention(qb, kb, vb, mask=self._mask(plan, p, pp, d_len, q.device))
+            e = b.start + b.count * b.length
+            out[b.start : e] = ob[:, :, : b.length].transpose(1, 2).flatten(0, 1)
+
+    def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+                       count: int, length: int, out: torch.Tensor) -> None:
+        """Causal attention of ``count`` packed sequences of ``length`` tokens from ``start``."""
+        n = padded(length)
+        ob = self.attention(seq_batch(q, start, count, length, n),
+                            seq_batch(k, start, count, length, n),
+                            seq_batch(v, start, count, length, n), causal=True)
+        out[start : start + count * length] = ob[:, :, :length].transpose(1, 2).flatten(0, 1)
 
     def _attend_last(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -317,15 +361,39 @@ class Qwen3Scorer(nn.Module):
         return torch.cat(outs)
 
     @staticmethod
-    def _mask(plan: _Plan, prefix_len: int, length: int, device: torch.device) -> torch.Tensor:
-        """Boolean mask [length, prefix_len + length]: all of the prefix, then causal."""
-        key = (prefix_len, length)
+    def _mask(plan: _Plan, prefix_len: int, prefix_padded: int, length: int,
+              device: torch.device) -> torch.Tensor:
+        """Boolean mask [length, prefix_padded + length]: the real prefix, then causal."""
+        key = (prefix_len, prefix_padded, length)
         mask = plan.masks.get(key)
         if mask is None:
-            mask = torch.ones(length, prefix_len + length, dtype=torch.bool, device=device)
-            mask = mask.tril(diagonal=prefix_len)
+            mask = torch.ones(length, prefix_padded + length, dtype=torch.bool, device=device)
+            mask = mask.tril(diagonal=prefix_padded)
+            mask[:, prefix_len:prefix_padded] = False
             plan.masks[key] = mask
         return mask
+
+
+PAD_MULTIPLE = 16
+
+
+def padded(length: int) -> int:
+    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def pad_seq(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``t`` zero-padded at the end of ``dim`` to ``length``."""
+    extra = length - t.shape[dim]
+    if extra == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim) + [0, extra]
+    return F.pad(t, pad)
+
+
+def seq_batch(t: torch.Tensor, start: int, count: int, length: int, to: int) -> torch.Tensor:
+    """[count, heads, to, d] from ``count`` packed sequences of ``t`` [T, heads, d]."""
+    x = t[start : start + count * length].unflatten(0, (count, length))
+    return pad_seq(x, to, 1).transpose(1, 2)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

@@ -22,6 +22,7 @@ from qrank.models.loader import (
     read_config,
     resolve_model_path,
 )
+from qrank.models.quant import quantize_int8
 from qrank.models.qwen3 import Qwen3Scorer, Qwen3Shape
 from qrank.tokenize import RerankTokenizer
 
@@ -116,6 +117,9 @@ def load_model(args: EngineArgs) -> LoadedModel:
     cls = model_class(config)
     shape = Qwen3Shape.from_config(config)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} was asked for, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}); use --device cpu")
     dtype = resolve_dtype(args.dtype, device)
     tokenizer = RerankTokenizer.from_file(find_tokenizer_file(path, args.tokenizer))
 
@@ -129,6 +133,8 @@ def load_model(args: EngineArgs) -> LoadedModel:
         shape.rope_theta
         ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim)
     )
+    if args.quantization == "int8":
+        quantize_int8(trunk)
     trunk = trunk.to(device).eval()
     head = head.to(device)
 

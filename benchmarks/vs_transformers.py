@@ -1,0 +1,305 @@
+"""qrank's offline engine against transformers, on the same pairs, interleaved run by run.
+
+    python benchmarks/vs_transformers.py --model models/qwen3-reranker-0.6b \
+        --tokenizer ../shared/qwen3-tokenizer
+
+Engines, each in its own process (so peak RSS is its own), run one at a time:
+- ``card``: transformers as the model card runs it (AutoModelForCausalLM, left padding,
+  batch 16, bf16, ``outputs.logits[:, -1, :]``, yes/no log-softmax);
+- ``tuned``: the same with ``logits_to_keep=1``, at the best of batch 8/16/32;
+- ``qrank``: qrank's offline engine (prefix cache emptied before every run).
+Workloads: (a) vLLM's random-rerank at ``--random-input 200`` (one shared query of 99 tokens,
+documents of 100 tokens, 10 per request); (b) distinct queries with one ~200-token document each.
+It first measures this machine's eager bf16 matmul rate at the model's shapes, and reports
+pairs/s, tokens/s, ratios, peak RSS and model FLOPs utilisation (medians over rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+Workload = list[tuple[str, list[str]]]  # (query, documents) per request
+
+
+# ---- workloads --------------------------------------------------------------------------------
+def build_workloads(tokenizer_dir: str, pairs_a: int, pairs_b: int, seed: int
+                    ) -> dict[str, Workload]:
+    from qrank.bench.datasets import RandomRerankDataset, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    a = RandomRerankDataset(tok, seed=seed).sample(pairs_a, input_len=200, batch_size=10)
+    gen = RandomRerankDataset(tok, seed=seed + 1)
+    b: Workload = []
+    for i in range(pairs_b):
+        query, _ = gen.text_of_length(24, 1000 + 7919 * i, 0)
+        doc, _ = gen.text_of_length(200, 50_000 + 104_729 * i, 1)
+        b.append((query, [doc]))
+    return {"a": [(r.query, r.documents) for r in a], "b": b}
+
+
+# ---- engines (each runs in a worker process) ------------------------------------------------
+class QrankRunner:
+    def __init__(self, model: str, threads: int, **engine_kwargs) -> None:
+        from qrank.config import EngineArgs
+        from qrank.engine.engine import Engine
+
+        self.engine = Engine(EngineArgs(model=model, dtype="bfloat16", threads=threads,
+                                        **engine_kwargs))
+
+    def run(self, workload: Workload) -> list[float]:
+        self.engine.prefix_cache.clear()
+        pairs = [p for q, docs in workload for p in self.engine.encode(q, docs)]
+        return self.engine.score_tokens(pairs, use_tqdm=False)
+
+
+class TransformersRunner:
+    """The model card's code path; ``tuned`` adds logits_to_keep=1."""
+
+    def __init__(self, model: str, threads: int, batch_size: int, tuned: bool) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(model, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
+        self.batch_size, self.tuned = batch_size, tuned
+        self.prefix = self.tok.encode(PREFIX, add_special_tokens=False)
+        self.suffix = self.tok.encode(SUFFIX, add_special_tokens=False)
+        self.yes = self.tok.convert_tokens_to_ids("yes")
+        self.no = self.tok.convert_tokens_to_ids("no")
+
+    def run(self, workload: Workload) -> list[float]:
+        torch = self.torch
+        texts = [BODY.format(instruction=INSTRUCTION, query=q, doc=d)
+                 for q, docs in workload for d in docs]
+        scores: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tok(texts[i : i + self.batch_size], padding=False,
+                               truncation="longest_first", return_attention_mask=False,
+                               max_length=8192 - len(self.prefix) - len(self.suffix))
+                ids = [self.prefix + x + self.suffix for x in enc["input_ids"]]
+                inputs = self.tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+                keep = {"logits_to_keep": 1} if self.tuned else {}
+                last = self.model(**inputs, **keep).logits[:, -1, :]
+                two = torch.stack([last[:, self.no], last[:, self.yes]], dim=1).float()
+                scores += torch.nn.functional.log_softmax(two, dim=1)[:, 1].exp().tolist()
+        return scores
+
+
+PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+          "Query and the Instruct provided. Note that the answer can only be \"yes\" or "
+          "\"no\".<|im_end|>\n<|im_start|>user\n")
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+
+
+def matmul_rate(model: str, threads: int, tokens: int, reps: int) -> dict[str, float]:
+    """Eager bf16 F.linear GFLOP/s at the model's projection shapes, median of ``reps``."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    h, i, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    shapes = {"qkv": (h, q + 2 * kv), "o": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}
+    out: dict[str, float] = {}
+    total_flops = total_time = 0.0
+    for name, (k, n) in shapes.items():
+        x = torch.randn(tokens, k, dtype=torch.bfloat16)
+        w = torch.randn(n, k, dtype=torch.bfloat16)
+        for _ in range(3):
+            F.linear(x, w)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            F.linear(x, w)
+            times.append(time.perf_counter() - t)
+        flops = 2.0 * tokens * k * n
+        out[name] = flops / statistics.median(times) / 1e9
+        total_flops += flops
+        total_time += statistics.median(times)
+    out["layer"] = total_flops / total_time / 1e9
+    return out
+
+
+def worker(conn, kind: str, model: str, threads: int, options: dict) -> None:
+    """Serve run requests for one engine over a pipe."""
+    if kind == "qrank":
+        runner = QrankRunner(model, threads, **options)
+    else:
+        runner = TransformersRunner(model, threads, tuned=kind.startswith("tuned"), **options)
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        workload = msg
+        start = time.perf_counter()
+        scores = runner.run(workload)
+        elapsed = time.perf_counter() - start
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        conn.send((elapsed, scores, rss))
+
+
+@dataclass
+class Engine:
+    name: str
+    conn: object
+    proc: mp.Process
+
+
+def start(ctx, name: str, kind: str, model: str, threads: int, options: dict) -> Engine:
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=worker, args=(child, kind, model, threads, options), daemon=True)
+    proc.start()
+    assert parent.recv() == "ready"
+    return Engine(name, parent, proc)
+
+
+def run(engine: Engine, workload: Workload) -> tuple[float, list[float], int]:
+    engine.conn.send(workload)
+    return engine.conn.recv()
+
+
+def stop(engine: Engine) -> None:
+    engine.conn.send(None)
+    engine.proc.join(30)
+
+
+# ---- accounting -------------------------------------------------------------------------------
+def pair_lengths(model: str, workload: Workload) -> list[int]:
+    from qrank.models.loader import find_tokenizer_file
+    from qrank.prompts import render_pairs
+    from qrank.tokenize import RerankTokenizer
+
+    tok = RerankTokenizer.from_file(find_tokenizer_file(Path(model)))
+    return [len(p) for q, docs in workload
+            for p in tok.encode_pairs(render_pairs(q, docs), 8192)]
+
+
+def model_flops(model: str, lengths: list[int]) -> float:
+    """2 x non-embedding parameters per token plus causal attention, for every pair."""
+    from qrank.models.qwen3 import Qwen3Shape
+
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    shape = Qwen3Shape.from_config(cfg)
+    params = shape.non_embedding_params()
+    attn = 2 * shape.num_heads * shape.head_dim * shape.num_layers  # x L(L+1) per sequence
+    return sum(2.0 * params * n + attn * n * (n + 1) for n in lengths)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pairs-a", type=int, default=200)
+    p.add_argument("--pairs-b", type=int, default=200)
+    p.add_argument("--tuned-batches", default="8,16,32")
+    p.add_argument("--skip-card", action="store_true", help="leave out the slow card baseline")
+    p.add_argument("--rss-pairs", type=int, default=1000,
+                   help="pairs of workload (a) for the peak-RSS check (0: skip)")
+    p.add_argument("--qrank-options", default="{}", help="JSON EngineArgs overrides for qrank")
+    p.add_argument("--output-json", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args()
+    tok_dir = ns.tokenizer or ns.model
+    ctx = mp.get_context("spawn")
+
+    print(f"machine: {os.cpu_count()} CPUs, {ns.threads} threads; model {ns.model}", flush=True)
+    with ctx.Pool(1) as pool:
+        rate = pool.apply(matmul_rate, (ns.model, ns.threads, 2048, 20))
+    print("eager bf16 matmul GFLOP/s at 2048 tokens: " +
+          ", ".join(f"{k} {v:.0f}" for k, v in rate.items()), flush=True)
+
+    workloads = build_workloads(tok_dir, ns.pairs_a, ns.pairs_b, ns.seed)
+    lengths = {k: pair_lengths(ns.model, w) for k, w in workloads.items()}
+    for k, w in workloads.items():
+        n = len(lengths[k])
+        print(f"workload {k}: {len(w)} requests, {n} pairs, {sum(lengths[k])} tokens "
+              f"(mean {sum(lengths[k]) / n:.0f} per pair)", flush=True)
+
+    engines = [start(ctx, "qrank", "qrank", ns.model, ns.threads, json.loads(ns.qrank_options))]
+    if not ns.skip_card:
+        engines.append(start(ctx, "card", "card", ns.model, ns.threads, {"batch_size": 16}))
+    for b in [int(x) for x in ns.tuned_batches.split(",")]:
+        engines.append(start(ctx, f"tuned-b{b}", "tuned", ns.model, ns.threads,
+                             {"batch_size": b}))
+
+    times: dict[tuple[str, str], list[float]] = {}
+    rss: dict[str, int] = {}
+    scores: dict[tuple[str, str], list[float]] = {}
+    for r in range(ns.rounds):
+        for wname, workload in workloads.items():
+            for e in engines:  # interleaved: every engine once per round and workload
+                elapsed, s, peak = run(e, workload)
+                times.setdefault((e.name, wname), []).append(elapsed)
+                scores[(e.name, wname)] = s
+                rss[e.name] = peak
+                print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
+    for e in engines:
+        stop(e)
+
+    results = {"matmul_gflops": rate, "threads": ns.threads, "workloads": {}}
+    for wname in workloads:
+        n_pairs, n_tokens = len(lengths[wname]), sum(lengths[wname])
+        flops = model_flops(ns.model, lengths[wname])
+        med = {e.name: statistics.median(times[(e.name, wname)]) for e in engines}
+        tuned_name = min((n for n in med if n.startswith("tuned")), key=med.get)
+        card = med.get("card")
+        print(f"\n=== workload {wname}: {n_pairs} pairs, {n_tokens} tokens; medians of "
+              f"{ns.rounds} rounds; best tuned = {tuned_name} ===")
+        print(f"{'engine':<10}{'pairs/s':>9}{'tokens/s':>10}{'x card':>8}{'x tuned':>9}"
+              f"{'MFU':>7}{'peak RSS':>10}{'max |Δ| vs tuned':>18}")
+        rows = {}
+        for name in ["qrank", "card", tuned_name]:
+            if name not in med:
+                continue
+            t = med[name]
+            diff = max(abs(a - b) for a, b in zip(scores[(name, wname)],
+                                                   scores[(tuned_name, wname)], strict=True))
+            row = {
+                "seconds": t, "pairs_per_s": n_pairs / t, "tokens_per_s": n_tokens / t,
+                "x_card": card / t if card else None, "x_tuned": med[tuned_name] / t,
+                "mfu": flops / t / (rate["layer"] * 1e9), "peak_rss_gb": rss[name] / 1e9,
+                "max_abs_diff_vs_tuned": diff, "runs": times[(name, wname)],
+            }
+            rows[name] = row
+            x_card = f"{row['x_card']:.2f}" if card else "-"
+            print(f"{name:<10}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
+                  f"{x_card:>8}{row['x_tuned']:>9.2f}{row['mfu']:>7.0%}"
+                  f"{row['peak_rss_gb']:>9.2f}G{diff:>18.4f}")
+        results["workloads"][wname] = {"pairs": n_pairs, "tokens": n_tokens,
+                                       "model_flops": flops, "engines": rows,
+                                       "best_tuned": tuned_name}
+
+    if ns.rss_pairs:
+        big = build_workloads(tok_dir, ns.rss_pairs, 1, ns.seed)["a"]
+        e = start(ctx, "qrank", "qrank", ns.model, ns.threads, json.loads(ns.qrank_options))
+        elapsed, s, peak = run(e, big)
+        stop(e)
+        print(f"\nqrank peak RSS scoring {len(s)} pairs of workload (a) in bf16: "
+              f"{peak / 1e9:.2f} GB ({elapsed:.1f} s)")
+        results["rss_check"] = {"pairs": len(s), "peak_rss_gb": peak / 1e9, "seconds": elapsed}
+    if ns.output_json:
+        Path(ns.output_json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
