@@ -3,7 +3,8 @@
     python benchmarks/vs_transformers.py --model models/qwen3-reranker-0.6b \
         --tokenizer ../shared/qwen3-tokenizer
 
-Engines, each in its own process (so peak RSS is its own), run one at a time:
+Engines, each in its own process (so peak RSS is its own), run one at a time, every engine
+once per round and workload (the tuned batch sizes are all tried in round 1, then the best):
 - ``card``: transformers as the model card runs it (AutoModelForCausalLM, left padding,
   batch 16, bf16, ``outputs.logits[:, -1, :]``, yes/no log-softmax);
 - ``tuned``: the same with ``logits_to_keep=1``, at the best of batch 8/16/32;
@@ -26,6 +27,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from qrank.prompts import DEFAULT_INSTRUCTION as INSTRUCTION
+from qrank.prompts import DOCUMENT_TEMPLATE, QUERY_TEMPLATE, SUFFIX
+from qrank.prompts import SYSTEM_PREFIX as PREFIX
 
 Workload = list[tuple[str, list[str]]]  # (query, documents) per request
 
@@ -97,12 +102,7 @@ class TransformersRunner:
         return scores
 
 
-PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
-          "Query and the Instruct provided. Note that the answer can only be \"yes\" or "
-          "\"no\".<|im_end|>\n<|im_start|>user\n")
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+BODY = QUERY_TEMPLATE + DOCUMENT_TEMPLATE  # the model card's format_instruction
 
 
 def matmul_rate(model: str, threads: int, tokens: int, reps: int) -> dict[str, float]:
@@ -244,14 +244,19 @@ def main() -> int:
     times: dict[tuple[str, str], list[float]] = {}
     rss: dict[str, int] = {}
     scores: dict[tuple[str, str], list[float]] = {}
+    active = {w: list(engines) for w in workloads}
     for r in range(ns.rounds):
         for wname, workload in workloads.items():
-            for e in engines:  # interleaved: every engine once per round and workload
+            for e in active[wname]:  # interleaved: every engine once per round and workload
                 elapsed, s, peak = run(e, workload)
                 times.setdefault((e.name, wname), []).append(elapsed)
                 scores[(e.name, wname)] = s
                 rss[e.name] = peak
                 print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
+            if r == 0:  # later rounds run only the best tuned batch size of round 1
+                tuned = [e for e in engines if e.name.startswith("tuned")]
+                best = min(tuned, key=lambda e: times[(e.name, wname)][0])
+                active[wname] = [e for e in engines if e not in tuned or e is best]
     for e in engines:
         stop(e)
 
@@ -260,10 +265,13 @@ def main() -> int:
         n_pairs, n_tokens = len(lengths[wname]), sum(lengths[wname])
         flops = model_flops(ns.model, lengths[wname])
         med = {e.name: statistics.median(times[(e.name, wname)]) for e in engines}
-        tuned_name = min((n for n in med if n.startswith("tuned")), key=med.get)
+        tuned_name = next(e.name for e in active[wname] if e.name.startswith("tuned"))
         card = med.get("card")
         print(f"\n=== workload {wname}: {n_pairs} pairs, {n_tokens} tokens; medians of "
-              f"{ns.rounds} rounds; best tuned = {tuned_name} ===")
+              f"{ns.rounds} rounds; tuned = {tuned_name}, the fastest batch size of round 1 ===")
+        ref = scores[(tuned_name, wname)]
+        print(f"scores (tuned): {min(ref):.3f} to {max(ref):.3f}, std "
+              f"{statistics.pstdev(ref):.3f}")
         print(f"{'engine':<10}{'pairs/s':>9}{'tokens/s':>10}{'x card':>8}{'x tuned':>9}"
               f"{'MFU':>7}{'peak RSS':>10}{'max |Δ| vs tuned':>18}")
         rows = {}

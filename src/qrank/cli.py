@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--tie-word-embeddings", choices=["true", "false"], default=None,
                     help="override the shape's default (0.6b/4b tie, 8b does not)")
     mk.add_argument("--calibrate", choices=["true", "false"], default=None,
-                    help="spread the scores of varied pairs (default: only for tiny)")
+                    help="spread the scores of varied pairs (default: tiny and 0.6b)")
     mk.set_defaults(handler=cmd_make_test_model)
     return parser
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +105,11 @@ def find_tokenizer_file(model_dir: Path, tokenizer: str | None = None) -> Path:
 
 
 class SafetensorsCheckpoint:
-    """Lazy access to the tensors of a (sharded) safetensors checkpoint by name."""
+    """Lazy access to the tensors of a (sharded) safetensors checkpoint by name.
+
+    Each read maps the file only while it copies that tensor out, so the file's pages do not
+    stay resident beside the copies: loading peaks near the model's size, not twice it.
+    """
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
@@ -115,25 +118,17 @@ class SafetensorsCheckpoint:
             with open(index, encoding="utf-8") as f:
                 weight_map: dict[str, str] = json.load(f)["weight_map"]
         elif (model_dir / WEIGHTS_FILE).is_file():
-            weight_map = {}
             with safe_open(model_dir / WEIGHTS_FILE, framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    weight_map[key] = WEIGHTS_FILE
+                weight_map = dict.fromkeys(f.keys(), WEIGHTS_FILE)
         else:
             raise ModelNotFoundError(f"{model_dir} holds no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
         self.weight_map = weight_map
-        self._stack = ExitStack()
-        self._handles: dict[str, Any] = {}
 
     def __enter__(self) -> SafetensorsCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._stack.close()
-        self._handles.clear()
+        return None
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
@@ -141,23 +136,21 @@ class SafetensorsCheckpoint:
     def keys(self) -> Iterator[str]:
         return iter(self.weight_map)
 
-    def _handle(self, name: str) -> Any:
+    def _file(self, name: str) -> Path:
         if name not in self.weight_map:
             raise KeyError(f"checkpoint {self.model_dir} has no tensor {name!r}")
-        file = self.weight_map[name]
-        if file not in self._handles:
-            self._handles[file] = self._stack.enter_context(
-                safe_open(self.model_dir / file, framework="pt")
-            )
-        return self._handles[file]
+        return self.model_dir / self.weight_map[name]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        with safe_open(self._file(name), framework="pt") as f:
+            return f.get_tensor(name)
 
     def get_rows(self, name: str, rows: list[int]) -> torch.Tensor:
         """Selected rows of a 2-D tensor, read without loading the rest of it."""
-        sl = self._handle(name).get_slice(name)
-        return torch.stack([sl[r : r + 1][0] for r in rows])
+        with safe_open(self._file(name), framework="pt") as f:
+            sl = f.get_slice(name)
+            return torch.stack([sl[r : r + 1][0] for r in rows])
 
     def shape(self, name: str) -> list[int]:
-        return list(self._handle(name).get_slice(name).get_shape())
+        with safe_open(self._file(name), framework="pt") as f:
+            return list(f.get_slice(name).get_shape())
