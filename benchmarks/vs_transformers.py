@@ -12,7 +12,8 @@ once per round and workload (the tuned batch sizes are all tried in round 1, the
 Workloads: (a) vLLM's random-rerank at ``--random-input 200`` (one shared query of 99 tokens,
 documents of 100 tokens, 10 per request); (b) distinct queries with one ~200-token document each.
 It first measures this machine's eager bf16 matmul rate at the model's shapes, and reports
-pairs/s, tokens/s, ratios, peak RSS and model FLOPs utilisation (medians over rounds).
+pairs/s, tokens/s, ratios, peak RSS and model FLOPs utilisation (medians over rounds; each
+run's MFU is against the matmul rate measured at the start of its round).
 """
 
 from __future__ import annotations
@@ -222,10 +223,14 @@ def main() -> int:
     ctx = mp.get_context("spawn")
 
     print(f"machine: {os.cpu_count()} CPUs, {ns.threads} threads; model {ns.model}", flush=True)
-    with ctx.Pool(1) as pool:
-        rate = pool.apply(matmul_rate, (ns.model, ns.threads, 2048, 20))
-    print("eager bf16 matmul GFLOP/s at 2048 tokens: " +
-          ", ".join(f"{k} {v:.0f}" for k, v in rate.items()), flush=True)
+
+    def measure_rate() -> dict[str, float]:
+        """The matmul rate now (the machine is shared: its speed drifts between rounds)."""
+        with ctx.Pool(1) as pool:
+            rate = pool.apply(matmul_rate, (ns.model, ns.threads, 2048, 20))
+        print("eager bf16 matmul GFLOP/s at 2048 tokens: " +
+              ", ".join(f"{k} {v:.0f}" for k, v in rate.items()), flush=True)
+        return rate
 
     workloads = build_workloads(tok_dir, ns.pairs_a, ns.pairs_b, ns.seed)
     lengths = {k: pair_lengths(ns.model, w) for k, w in workloads.items()}
@@ -245,11 +250,17 @@ def main() -> int:
     rss: dict[str, int] = {}
     scores: dict[tuple[str, str], list[float]] = {}
     active = {w: list(engines) for w in workloads}
+    rates: list[dict[str, float]] = []
+    mfu: dict[tuple[str, str], list[float]] = {}
     for r in range(ns.rounds):
+        rates.append(measure_rate())
         for wname, workload in workloads.items():
             for e in active[wname]:  # interleaved: every engine once per round and workload
                 elapsed, s, peak = run(e, workload)
                 times.setdefault((e.name, wname), []).append(elapsed)
+                flops = model_flops(ns.model, lengths[wname])
+                mfu.setdefault((e.name, wname), []).append(
+                    flops / elapsed / (rates[-1]["layer"] * 1e9))
                 scores[(e.name, wname)] = s
                 rss[e.name] = peak
                 print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
@@ -260,7 +271,11 @@ def main() -> int:
     for e in engines:
         stop(e)
 
-    results = {"matmul_gflops": rate, "threads": ns.threads, "workloads": {}}
+    rate = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
+    print("median eager bf16 matmul GFLOP/s over the rounds: " +
+          ", ".join(f"{k} {v:.0f}" for k, v in rate.items()))
+    results = {"matmul_gflops": rate, "matmul_gflops_rounds": rates, "threads": ns.threads,
+               "workloads": {}}
     for wname in workloads:
         n_pairs, n_tokens = len(lengths[wname]), sum(lengths[wname])
         flops = model_flops(ns.model, lengths[wname])
@@ -284,7 +299,7 @@ def main() -> int:
             row = {
                 "seconds": t, "pairs_per_s": n_pairs / t, "tokens_per_s": n_tokens / t,
                 "x_card": card / t if card else None, "x_tuned": med[tuned_name] / t,
-                "mfu": flops / t / (rate["layer"] * 1e9), "peak_rss_gb": rss[name] / 1e9,
+                "mfu": statistics.median(mfu[(name, wname)]), "peak_rss_gb": rss[name] / 1e9,
                 "max_abs_diff_vs_tuned": diff, "runs": times[(name, wname)],
             }
             rows[name] = row

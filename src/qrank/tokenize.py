@@ -11,6 +11,7 @@ side is cut, keeping the system prefix whole.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class RerankTokenizer:
         self.doc_label_len = len(self._encode(DOCUMENT_TEMPLATE.split("{", 1)[0].rstrip()))
         self._query_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._query_cache_size = query_cache_size
+        self._lock = threading.Lock()  # the server tokenizes in several threads
 
     @classmethod
     def from_file(cls, path: str | Path) -> RerankTokenizer:
@@ -76,14 +78,16 @@ class RerankTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_query_side(self, text: str) -> tuple[int, ...]:
-        cached = self._query_cache.get(text)
-        if cached is not None:
-            self._query_cache.move_to_end(text)
-            return cached
+        with self._lock:
+            cached = self._query_cache.get(text)
+            if cached is not None:
+                self._query_cache.move_to_end(text)
+                return cached
         ids = tuple(self._encode(text))
-        self._query_cache[text] = ids
-        if len(self._query_cache) > self._query_cache_size:
-            self._query_cache.popitem(last=False)
+        with self._lock:
+            self._query_cache[text] = ids
+            if len(self._query_cache) > self._query_cache_size:
+                self._query_cache.popitem(last=False)
         return ids
 
     def encode_pairs(

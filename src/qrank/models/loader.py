@@ -108,7 +108,7 @@ class SafetensorsCheckpoint:
     """Lazy access to the tensors of a (sharded) safetensors checkpoint by name.
 
     Each read maps the file only while it copies that tensor out, so the file's pages do not
-    stay resident beside the copies: loading peaks near the model's size, not twice it.
+    stay mapped beside the copies: loading peaks near the model's size, not twice it.
     """
 
     def __init__(self, model_dir: Path) -> None:
@@ -142,8 +142,10 @@ class SafetensorsCheckpoint:
         return self.model_dir / self.weight_map[name]
 
     def get(self, name: str) -> torch.Tensor:
+        """The tensor, copied into memory of its own (safetensors may hand out a view of the
+        file's mapping, which would keep the whole file mapped and its pages evictable)."""
         with safe_open(self._file(name), framework="pt") as f:
-            return f.get_tensor(name)
+            return f.get_tensor(name).clone()
 
     def get_rows(self, name: str, rows: list[int]) -> torch.Tensor:
         """Selected rows of a 2-D tensor, read without loading the rest of it."""
