@@ -14,9 +14,10 @@ import logging
 import torch
 from torch import nn
 
+from qrank.models.linear import LINEARS
+
 logger = logging.getLogger(__name__)
 
-LINEARS = ("qkv", "o_proj", "gate_up", "down")
 
 
 class Int8Linear(nn.Module):

@@ -10,6 +10,7 @@ The last layer computes only what the last tokens need.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,7 @@ class _Plan:
     buckets: list[_Bucket]
     doc_order: list[tuple[int, int]]  # (group, doc index) of each output row
     last_rows: torch.Tensor
+    num_tokens: int  # real tokens; the tail rows after them only pad the views
     masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
@@ -112,21 +114,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
-def pre_attention(
-    x: torch.Tensor, norm_w: torch.Tensor, qkv_w: torch.Tensor, q_norm_w: torch.Tensor,
-    k_norm_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, num_heads: int,
-    num_kv_heads: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input norm, fused QKV projection, per-head q/k norms and RoPE of packed tokens.
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add, then the norm of its result: returns ``(x + delta, norm(x + delta))``.
 
-    Returns q [T, H, d], k [T, Hkv, d], v [T, Hkv, d]. A pure function of its tensors, so one
-    compiled graph serves every layer. q and k heads are normed and rotated together; RoPE is
-    written on the two halves of each head, the same products and sums as Qwen3's
-    ``q * cos + rotate_half(q) * sin`` (cos and sin repeat their first half), which the
-    compiler fuses into one pass.
+    Both are rounded to the input dtype as Qwen3 rounds them (the add, then the norm).
+    """
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def qk_norm_rope(
+    qkv: torch.Tensor, q_norm_w: torch.Tensor, k_norm_w: torch.Tensor, cos: torch.Tensor,
+    sin: torch.Tensor, eps: float, num_heads: int, num_kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head q/k norms and RoPE on the fused QKV projection of packed tokens.
+
+    Returns q [T, H, d], k [T, Hkv, d], v [T, Hkv, d] (views). q and k heads are normed and
+    rotated together; RoPE is written on the two halves of each head, the same products and
+    sums as Qwen3's ``q * cos + rotate_half(q) * sin`` (cos and sin repeat their first half),
+    which the compiler fuses into one pass.
     """
     d = q_norm_w.shape[0]
-    qkv = F.linear(rms_norm(x, norm_w, eps), qkv_w)
     heads = num_heads + num_kv_heads
     qk = qkv[:, : heads * d].unflatten(-1, (heads, d))
     norm = torch.cat((q_norm_w.expand(num_heads, d), k_norm_w.expand(num_kv_heads, d)))
@@ -139,14 +148,16 @@ def pre_attention(
     return qk[:, :num_heads], qk[:, num_heads:], v
 
 
-def post_attention(
-    x: torch.Tensor, attn: torch.Tensor, o_w: torch.Tensor, norm_w: torch.Tensor,
-    gate_up_w: torch.Tensor, down_w: torch.Tensor, eps: float,
-) -> torch.Tensor:
-    """Output projection and residual, then the SwiGLU MLP and residual."""
-    x = x + F.linear(attn, o_w)
-    gate, up = F.linear(rms_norm(x, norm_w, eps), gate_up_w).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, down_w)
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's ``silu(gate) * up`` on the fused gate-up projection."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# The element-wise work between the matmuls; pure functions of their tensors, so one compiled
+# graph of each serves every layer. The matmuls stay outside, on prepacked weights.
+ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm,
+               "qk_norm_rope": qk_norm_rope, "silu_and_mul": silu_and_mul}
 
 
 class RMSNorm(nn.Module):
@@ -179,14 +190,6 @@ class Qwen3Block(nn.Module):
         self.gate_up = nn.Linear(h, 2 * shape.intermediate_size, bias=False)
         self.down = nn.Linear(shape.intermediate_size, h, bias=False)
 
-    def pre_args(self) -> tuple:
-        return (self.input_norm.weight, self.qkv.weight, self.q_norm.weight,
-                self.k_norm.weight)
-
-    def post_args(self) -> tuple:
-        return (self.o_proj.weight, self.post_norm.weight, self.gate_up.weight,
-                self.down.weight, self.shape.rms_norm_eps)
-
 
 class Qwen3Scorer(nn.Module):
     """Qwen3 trunk that maps groups of token sequences to their last tokens' hidden states."""
@@ -204,14 +207,13 @@ class Qwen3Scorer(nn.Module):
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention = sdpa_attention
-        self.pre_attention = pre_attention
-        self.post_attention = post_attention
+        self.ops: dict[str, Callable[..., Any]] = dict(ELEMENTWISE)
 
     def compile(self, **options: Any) -> None:  # type: ignore[override]
-        """torch.compile the element-wise work around attention: one graph for all layers,
-        dynamic in the number of tokens."""
-        self.pre_attention = torch.compile(pre_attention, dynamic=True, **options)
-        self.post_attention = torch.compile(post_attention, dynamic=True, **options)
+        """torch.compile the element-wise work between the matmuls: one graph of each function
+        for all layers, dynamic in the number of tokens."""
+        self.ops = {name: torch.compile(fn, dynamic=True, **options)
+                    for name, fn in ELEMENTWISE.items()}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -255,6 +257,11 @@ class Qwen3Scorer(nn.Module):
                     positions.append(range(p, p + length))
                     doc_order.append((g, i))
                     last_rows.append(len(ids) - 1)
+        # Tail rows, never read as real tokens: every sequence can then be viewed padded to a
+        # multiple of PAD_MULTIPLE without running past the end of the packed tensors.
+        num_tokens, tail = len(ids), PAD_MULTIPLE - 1
+        ids += [0] * tail
+        positions.append(range(tail))
         pos = torch.tensor([i for r in positions for i in r], dtype=torch.long)
         return _Plan(
             input_ids=torch.tensor(ids, dtype=torch.long),
@@ -263,6 +270,7 @@ class Qwen3Scorer(nn.Module):
             buckets=buckets,
             doc_order=doc_order,
             last_rows=torch.tensor(last_rows, dtype=torch.long),
+            num_tokens=num_tokens,
         )
 
     # ---- forward --------------------------------------------------------------------------
@@ -283,11 +291,21 @@ class Qwen3Scorer(nn.Module):
         kept: dict[int, PrefixKV] = {
             g: [] for g in plan.prefix_segments if groups[g].keep_prefix_kv
         }
+        ops, shape = self.ops, self.shape
+        eps = shape.rms_norm_eps
         n_layers = len(self.layers)
-        shape = self.shape
+        delta: torch.Tensor | None = None  # the MLP output, added to x by the next norm
         for li, layer in enumerate(self.layers):
-            q, k, v = self.pre_attention(x, *layer.pre_args(), cos, sin, shape.rms_norm_eps,
-                                         shape.num_heads, shape.num_kv_heads)
+            if delta is None:
+                h = ops["rms_norm"](x, layer.input_norm.weight, eps)
+            else:
+                x, h = ops["add_rms_norm"](x, delta, layer.input_norm.weight, eps)
+            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight, layer.k_norm.weight,
+                                          cos, sin, eps, shape.num_heads, shape.num_kv_heads)
+            # Padded views read the tail's keys and values: zero, so they can never be inf or
+            # NaN (a zero attention weight times NaN is NaN).
+            k[plan.num_tokens :] = 0
+            v[plan.num_tokens :] = 0
             prefix_kv = {}
             for g, group in enumerate(groups):
                 if g in plan.prefix_segments:
@@ -299,21 +317,27 @@ class Qwen3Scorer(nn.Module):
                     prefix_kv[g] = group.prefix_kv[li]
             if li < n_layers - 1:
                 attn = torch.empty_like(q)
+                attn[plan.num_tokens :] = 0
                 self._attend_all(plan, q, k, v, prefix_kv, attn)
-                x = self.post_attention(x, attn.flatten(1), *layer.post_args())
-            else:
+            else:  # the last layer: only the last tokens' rows matter from here on
                 attn = self._attend_last(plan, q, k, v, prefix_kv)
-                x = self.post_attention(x[last_rows], attn.flatten(1), *layer.post_args())
-        return self.norm(x), plan.doc_order, kept
+                x = x[last_rows]
+            x, h = ops["add_rms_norm"](x, layer.o_proj(attn.flatten(1)), layer.post_norm.weight,
+                                       eps)
+            delta = layer.down(ops["silu_and_mul"](layer.gate_up(h)))
+        assert delta is not None, "a model has at least one layer"
+        _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)
+        return out, plan.doc_order, kept
 
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
                     out: torch.Tensor) -> None:
         """Attention for every token: prefixes causally, documents over prefix + themselves.
 
-        Sequences are zero-padded at their end to a multiple of ``PAD_MULTIPLE``: the CPU flash
-        kernel runs up to 2.5x slower on other lengths, and causal attention never lets a real
-        token see the padding after it.
+        Each sequence is viewed padded at its end to a multiple of ``PAD_MULTIPLE`` (the rows
+        after it belong to the next sequence or the plan's tail): the CPU flash kernel runs up
+        to 2.5x slower on other lengths, causal attention never lets a real token see a key
+        after it, and the outputs of the padding rows are dropped.
         """
         for s, n in plan.prefix_segments.values():
             self._attend_causal(q, k, v, s, 1, n, out)
@@ -325,12 +349,12 @@ class Qwen3Scorer(nn.Module):
             pk, pv = pkv
             p, d_len = pk.shape[1], padded(b.length)
             pp = padded(p)
-            qb = seq_batch(q, b.start, b.count, b.length, d_len)
             kb = torch.cat((pad_seq(pk, pp, 1)[None].expand(b.count, -1, -1, -1),
-                            seq_batch(k, b.start, b.count, b.length, d_len)), dim=2)
+                            seq_view(k, b.start, b.count, b.length, d_len)), dim=2)
             vb = torch.cat((pad_seq(pv, pp, 1)[None].expand(b.count, -1, -1, -1),
-                            seq_batch(v, b.start, b.count, b.length, d_len)), dim=2)
-            ob = self.attention(qb, kb, vb, mask=self._mask(plan, p, pp, d_len, q.device))
+                            seq_view(v, b.start, b.count, b.length, d_len)), dim=2)
+            ob = self.attention(seq_view(q, b.start, b.count, b.length, d_len), kb, vb,
+                                mask=self._mask(plan, p, pp, d_len, q.device))
             e = b.start + b.count * b.length
             out[b.start : e] = ob[:, :, : b.length].transpose(1, 2).flatten(0, 1)
 
@@ -338,9 +362,9 @@ class Qwen3Scorer(nn.Module):
                        count: int, length: int, out: torch.Tensor) -> None:
         """Causal attention of ``count`` packed sequences of ``length`` tokens from ``start``."""
         n = padded(length)
-        ob = self.attention(seq_batch(q, start, count, length, n),
-                            seq_batch(k, start, count, length, n),
-                            seq_batch(v, start, count, length, n), causal=True)
+        ob = self.attention(seq_view(q, start, count, length, n),
+                            seq_view(k, start, count, length, n),
+                            seq_view(v, start, count, length, n), causal=True)
         out[start : start + count * length] = ob[:, :, :length].transpose(1, 2).flatten(0, 1)
 
     def _attend_last(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -390,10 +414,16 @@ def pad_seq(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return F.pad(t, pad)
 
 
-def seq_batch(t: torch.Tensor, start: int, count: int, length: int, to: int) -> torch.Tensor:
-    """[count, heads, to, d] from ``count`` packed sequences of ``t`` [T, heads, d]."""
-    x = t[start : start + count * length].unflatten(0, (count, length))
-    return pad_seq(x, to, 1).transpose(1, 2)
+def seq_view(t: torch.Tensor, start: int, count: int, length: int, to: int) -> torch.Tensor:
+    """A [count, heads, to, d] view of ``count`` packed sequences of ``length`` tokens in
+    ``t`` [T, heads, d] from row ``start``, each read on for ``to`` >= ``length`` rows (into
+    what follows it). No copy; the views of neighbouring sequences overlap."""
+    rows = start + (count - 1) * length + to
+    if rows > t.shape[0]:
+        raise ValueError(f"a view to row {rows} runs past the {t.shape[0]} packed rows")
+    row, head, col = t.stride()
+    return t.as_strided((count, t.shape[1], to, t.shape[2]), (length * row, head, row, col),
+                        t.storage_offset() + start * row)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

@@ -16,6 +16,7 @@ import torch
 
 from qrank.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
 from qrank.models.heads import ScoreHead, build_head
+from qrank.models.linear import pack_linears
 from qrank.models.loader import (
     SafetensorsCheckpoint,
     find_tokenizer_file,
@@ -136,6 +137,7 @@ def load_model(args: EngineArgs) -> LoadedModel:
     if args.quantization == "int8":
         quantize_int8(trunk)
     trunk = trunk.to(device).eval()
+    pack_linears(trunk, args.max_num_batched_tokens)
     head = head.to(device)
 
     max_len = args.max_model_len or min(DEFAULT_MAX_MODEL_LEN, shape.max_position_embeddings)

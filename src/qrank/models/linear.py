@@ -1,0 +1,61 @@
+"""Linear layers in the weight layout the CPU multiplies fastest.
+
+oneDNN's bf16 AMX kernels want the weight in a blocked layout. ``F.linear`` on a plain weight
+reorders it on every call; a weight reordered once at load time (``mkldnn._reorder_linear_weight``)
+skips that, which made the decoder's matmuls 7–12% faster on this project's CPUs (measured in
+the README) with bit-identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LINEARS = ("qkv", "o_proj", "gate_up", "down")
+PACKED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """True where oneDNN can hold this weight prepacked: a half-precision CPU tensor."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in PACKED_DTYPES
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+class PackedLinear(nn.Module):
+    """A bias-free linear layer whose weight oneDNN reordered once, at load time."""
+
+    def __init__(self, weight: torch.Tensor, batch_size_hint: int) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_size_hint)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight in its plain [out, in] layout (a copy)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
+def pack_linears(trunk: nn.Module, batch_size_hint: int) -> int:
+    """Replace the decoder blocks' plain linear layers by :class:`PackedLinear` where
+    :func:`can_pack` allows; returns how many were packed."""
+    count = 0
+    for block in trunk.layers:
+        for name in LINEARS:
+            layer = getattr(block, name)
+            if type(layer) is nn.Linear and can_pack(layer.weight):
+                setattr(block, name, PackedLinear(layer.weight, batch_size_hint))
+                count += 1
+    if count:
+        logger.info("%d linear weights prepacked for oneDNN", count)
+    return count

@@ -1,0 +1,66 @@
+"""Prepacked oneDNN weights multiply exactly as F.linear; padded sequence views read in place."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from inputs import DOCUMENTS, QUERIES
+from torch import nn
+
+from qrank import EngineArgs
+from qrank.engine.engine import Engine
+from qrank.models.linear import PackedLinear, can_pack
+from qrank.models.quant import Int8Linear
+from qrank.models.qwen3 import seq_view
+
+needs_packing = pytest.mark.skipif(not can_pack(torch.empty(1, dtype=torch.bfloat16)),
+                                   reason="this torch build has no oneDNN linear packing")
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_packed_linear_equals_f_linear(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weight = (torch.randn(96, 64, generator=gen) * 0.1).to(torch.bfloat16)
+    x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
+    packed = PackedLinear(weight, batch_size_hint=2048)
+    assert torch.equal(packed(x), F.linear(x, weight))
+    assert torch.equal(packed.weight, weight)
+
+
+def linear_types(engine):
+    return {type(getattr(block, name)) for block in engine.trunk.layers
+            for name in ("qkv", "o_proj", "gate_up", "down")}
+
+
+@needs_packing
+def test_bf16_cpu_weights_are_packed_and_score_as_plain_weights(tiny_model):
+    packed = Engine(EngineArgs(str(tiny_model), dtype="bfloat16"))
+    assert linear_types(packed) == {PackedLinear}
+    plain = Engine(EngineArgs(str(tiny_model), dtype="bfloat16"))
+    for block in plain.trunk.layers:
+        for name in ("qkv", "o_proj", "gate_up", "down"):
+            layer = nn.Linear(1, 1, bias=False)
+            layer.weight = nn.Parameter(getattr(block, name).weight, requires_grad=False)
+            setattr(block, name, layer)
+    pairs = [p for q in QUERIES[:3] for p in packed.encode(q, DOCUMENTS)]
+    want = plain.score_tokens(pairs)
+    got = packed.score_tokens(pairs)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-6
+
+
+def test_float32_and_int8_weights_are_not_packed(tiny_model):
+    fp32 = Engine(EngineArgs(str(tiny_model), dtype="float32"))
+    assert linear_types(fp32) == {nn.Linear}
+    int8 = Engine(EngineArgs(str(tiny_model), dtype="bfloat16", quantization="int8"))
+    assert linear_types(int8) == {Int8Linear}
+
+
+def test_seq_view_reads_padded_sequences_in_place():
+    t = torch.arange(12 * 2 * 3, dtype=torch.float32).reshape(12, 2, 3)[:, :, :]
+    view = seq_view(t, start=2, count=3, length=3, to=4)  # rows 2-5, 5-8, 8-11
+    assert view.shape == (3, 2, 4, 3)
+    assert view.data_ptr() == t[2].data_ptr()
+    for i in range(3):
+        assert torch.equal(view[i], t[2 + 3 * i : 6 + 3 * i].transpose(0, 1))
+    with pytest.raises(ValueError, match="past"):
+        seq_view(t, start=2, count=3, length=3, to=5)
