@@ -130,6 +130,7 @@ def load_model(args: EngineArgs) -> LoadedModel:
             trunk = cls(shape)
         sd = trunk_state_dict(ckpt, shape, dtype)
     trunk.load_state_dict(sd, strict=False, assign=True)
+    del sd  # the trunk holds the only reference: quantizing or packing frees each plain weight
     trunk.inv_freq = 1.0 / (
         shape.rope_theta
         ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim)
