@@ -19,7 +19,6 @@ from qrank.models.linear import LINEARS
 logger = logging.getLogger(__name__)
 
 
-
 class Int8Linear(nn.Module):
     """A bias-free linear layer holding int8 weights and per-row scales; ``.weight``
     dequantizes on access, so code that reads ``layer.weight`` needs no change."""

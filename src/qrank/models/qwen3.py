@@ -178,7 +178,6 @@ class Qwen3Block(nn.Module):
     def __init__(self, shape: Qwen3Shape) -> None:
         super().__init__()
         h, d = shape.hidden_size, shape.head_dim
-        self.shape = shape
         self.q_size = shape.num_heads * d
         self.kv_size = shape.num_kv_heads * d
         self.input_norm = RMSNorm(h, shape.rms_norm_eps)
