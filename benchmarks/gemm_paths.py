@@ -1,0 +1,117 @@
+"""The bf16 matmul paths this CPU offers, at a model's projection shapes, in one run.
+
+    python benchmarks/gemm_paths.py --model models/qwen3-reranker-0.6b
+
+GFLOP/s of the four decoder projections (qkv, o, gate_up, down) at ``--tokens`` rows, each path
+run through every layer's own weights in turn, as the model runs them (a weight is cold again
+when its layer comes back), medians of ``--reps`` passes, paths interleaved pass by pass:
+- ``eager``: ``F.linear`` on plain weights (what transformers runs);
+- ``packed``: oneDNN weights reordered once (qrank's default for bf16 on CPU);
+- ``inductor-gemm``: ``torch.compile(mode="max-autotune")`` with inductor's CPP GEMM template;
+- ``int8-dequant``: int8 weights dequantized to bf16 before the matmul (``--quantization int8``).
+Also the eager rate on one hot weight, the figure ``vs_transformers.py`` uses for MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from qrank.models.linear import PackedLinear, can_pack
+from qrank.models.quant import Int8Linear
+
+
+def projection_shapes(model: str) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Number of layers and (in, out) of each fused projection, from config.json."""
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    h, i, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    shapes = {"qkv": (h, q + 2 * kv), "o": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}
+    return cfg["num_hidden_layers"], shapes
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokens", type=int, default=1788)
+    p.add_argument("--layers", type=int, default=None, help="default: the model's")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--skip-inductor", action="store_true")
+    ns = p.parse_args()
+    torch.set_num_threads(ns.threads)
+    n_layers, shapes = projection_shapes(ns.model)
+    n_layers = ns.layers or n_layers
+    gen = torch.Generator().manual_seed(0)
+    weights = [{name: (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
+                for name, (k, n) in shapes.items()} for _ in range(n_layers)]
+    inputs = {name: torch.randn(ns.tokens, k, generator=gen).to(torch.bfloat16)
+              for name, (k, _) in shapes.items()}
+    flops = n_layers * sum(2.0 * ns.tokens * k * n for k, n in shapes.values())
+
+    def through_layers(layers: list[dict]) -> Callable[[], None]:
+        def run() -> None:
+            for layer in layers:
+                for name, fn in layer.items():
+                    fn(inputs[name])
+        return run
+
+    paths = {"eager": through_layers(
+        [{name: (lambda x, w=w: F.linear(x, w)) for name, w in ws.items()} for ws in weights])}
+    if can_pack(weights[0]["qkv"]):
+        paths["packed"] = through_layers(
+            [{name: PackedLinear(w, ns.tokens) for name, w in ws.items()} for ws in weights])
+    paths["int8-dequant"] = through_layers(
+        [{name: Int8Linear(w) for name, w in ws.items()} for ws in weights])
+    if not ns.skip_inductor:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune_gemm_backends = "CPP,ATEN"
+        compiled = torch.compile(lambda x, w: F.linear(x, w), mode="max-autotune",
+                                 dynamic=False)
+        paths["inductor-gemm"] = through_layers(
+            [{name: (lambda x, w=w: compiled(x, w)) for name, w in ws.items()}
+             for ws in weights])
+
+    with torch.inference_mode():
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run()  # warm-up (and compile)
+            print(f"{name}: first pass {time.perf_counter() - start:.1f} s", flush=True)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(ns.reps):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+        x, w = inputs["gate_up"], weights[0]["gate_up"]
+        hot = []
+        for _ in range(ns.reps * 4):
+            start = time.perf_counter()
+            F.linear(x, w)
+            hot.append(time.perf_counter() - start)
+    k, n = shapes["gate_up"]
+    print(f"\n{ns.tokens} tokens, {n_layers} layers of {', '.join(shapes)}, {ns.threads} threads, "
+          f"medians of {ns.reps}")
+    print(f"{'path':<16}{'GFLOP/s':>9}{'x eager':>9}")
+    eager = statistics.median(times["eager"])
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{name:<16}{flops / t / 1e9:>9.0f}{eager / t:>9.2f}")
+    print(f"eager, one hot gate_up weight: "
+          f"{2.0 * ns.tokens * k * n / statistics.median(hot) / 1e9:.0f} GFLOP/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
