@@ -2,7 +2,7 @@
 
     python benchmarks/gemm_paths.py --model models/qwen3-reranker-0.6b
 
-GFLOP/s of the four decoder projections (qkv, o, gate_up, down) at ``--tokens`` rows, each path
+GFLOP/s of the four decoder projections (qkv, o_proj, gate_up, down) at ``--tokens`` rows, each path
 run through every layer's own weights in turn, as the model runs them (a weight is cold again
 when its layer comes back), medians of ``--reps`` passes, paths interleaved pass by pass:
 - ``eager``: ``F.linear`` on plain weights (what transformers runs);
@@ -28,15 +28,11 @@ import torch.nn.functional as F
 
 from qrank.models.linear import PackedLinear, can_pack
 from qrank.models.quant import Int8Linear
+from qrank.models.qwen3 import Qwen3Shape
 
 
-def projection_shapes(model: str) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Number of layers and (in, out) of each fused projection, from config.json."""
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    h, i, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    shapes = {"qkv": (h, q + 2 * kv), "o": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}
-    return cfg["num_hidden_layers"], shapes
+def model_shape(model: str) -> Qwen3Shape:
+    return Qwen3Shape.from_config(json.loads((Path(model) / "config.json").read_text()))
 
 
 def main() -> int:
@@ -50,8 +46,9 @@ def main() -> int:
     p.add_argument("--skip-inductor", action="store_true")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
-    n_layers, shapes = projection_shapes(ns.model)
-    n_layers = ns.layers or n_layers
+    shape = model_shape(ns.model)
+    shapes = shape.projections()
+    n_layers = ns.layers or shape.num_layers
     gen = torch.Generator().manual_seed(0)
     weights = [{name: (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
                 for name, (k, n) in shapes.items()} for _ in range(n_layers)]

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qrank.models.qwen3 import Qwen3Shape
 from qrank.prompts import DEFAULT_INSTRUCTION as INSTRUCTION
 from qrank.prompts import DOCUMENT_TEMPLATE, QUERY_TEMPLATE, SUFFIX
 from qrank.prompts import SYSTEM_PREFIX as PREFIX
@@ -112,10 +113,7 @@ def matmul_rate(model: str, threads: int, tokens: int, reps: int) -> dict[str, f
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    h, i, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    shapes = {"qkv": (h, q + 2 * kv), "o": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}
+    shapes = model_shape(model).projections()
     out: dict[str, float] = {}
     total_flops = total_time = 0.0
     for name, (k, n) in shapes.items():
@@ -191,12 +189,13 @@ def pair_lengths(model: str, workload: Workload) -> list[int]:
             for p in tok.encode_pairs(render_pairs(q, docs), 8192)]
 
 
+def model_shape(model: str) -> Qwen3Shape:
+    return Qwen3Shape.from_config(json.loads((Path(model) / "config.json").read_text()))
+
+
 def model_flops(model: str, lengths: list[int]) -> float:
     """2 x non-embedding parameters per token plus causal attention, for every pair."""
-    from qrank.models.qwen3 import Qwen3Shape
-
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    shape = Qwen3Shape.from_config(cfg)
+    shape = model_shape(model)
     params = shape.non_embedding_params()
     attn = 2 * shape.num_heads * shape.head_dim * shape.num_layers  # x L(L+1) per sequence
     return sum(2.0 * params * n + attn * n * (n + 1) for n in lengths)
@@ -234,6 +233,7 @@ def main() -> int:
 
     workloads = build_workloads(tok_dir, ns.pairs_a, ns.pairs_b, ns.seed)
     lengths = {k: pair_lengths(ns.model, w) for k, w in workloads.items()}
+    flops = {k: model_flops(ns.model, n) for k, n in lengths.items()}
     for k, w in workloads.items():
         n = len(lengths[k])
         print(f"workload {k}: {len(w)} requests, {n} pairs, {sum(lengths[k])} tokens "
@@ -258,9 +258,8 @@ def main() -> int:
             for e in active[wname]:  # interleaved: every engine once per round and workload
                 elapsed, s, peak = run(e, workload)
                 times.setdefault((e.name, wname), []).append(elapsed)
-                flops = model_flops(ns.model, lengths[wname])
                 mfu.setdefault((e.name, wname), []).append(
-                    flops / elapsed / (rates[-1]["layer"] * 1e9))
+                    flops[wname] / elapsed / (rates[-1]["layer"] * 1e9))
                 scores[(e.name, wname)] = s
                 rss[e.name] = peak
                 print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
@@ -278,7 +277,6 @@ def main() -> int:
                "workloads": {}}
     for wname in workloads:
         n_pairs, n_tokens = len(lengths[wname]), sum(lengths[wname])
-        flops = model_flops(ns.model, lengths[wname])
         med = {e.name: statistics.median(times[(e.name, wname)]) for e in engines}
         tuned_name = next(e.name for e in active[wname] if e.name.startswith("tuned"))
         card = med.get("card")
@@ -308,7 +306,7 @@ def main() -> int:
                   f"{x_card:>8}{row['x_tuned']:>9.2f}{row['mfu']:>7.0%}"
                   f"{row['peak_rss_gb']:>9.2f}G{diff:>18.4f}")
         results["workloads"][wname] = {"pairs": n_pairs, "tokens": n_tokens,
-                                       "model_flops": flops, "engines": rows,
+                                       "model_flops": flops[wname], "engines": rows,
                                        "best_tuned": tuned_name}
 
     if ns.rss_pairs:

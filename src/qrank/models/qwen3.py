@@ -59,12 +59,15 @@ class Qwen3Shape:
             max_position_embeddings=config.get("max_position_embeddings", 32768),
         )
 
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each block's fused linear layers."""
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        q, kv = self.num_heads * d, self.num_kv_heads * d
+        return {"qkv": (h, q + 2 * kv), "o_proj": (q, h), "gate_up": (h, 2 * i), "down": (i, h)}
+
     def non_embedding_params(self) -> int:
-        """Parameters of the decoder blocks (what each token multiplies through)."""
-        h, d = self.hidden_size, self.head_dim
-        attn = h * d * (self.num_heads * 2 + self.num_kv_heads * 2)
-        mlp = 3 * h * self.intermediate_size
-        return self.num_layers * (attn + mlp)
+        """Parameters of the decoder blocks' linear layers (what each token multiplies through)."""
+        return self.num_layers * sum(k * n for k, n in self.projections().values())
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
         item = torch.empty((), dtype=dtype).element_size()
