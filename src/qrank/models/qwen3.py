@@ -357,8 +357,7 @@ class Qwen3Scorer(nn.Module):
                             seq_view(v, b.start, b.count, b.length, d_len)), dim=2)
             ob = self.attention(seq_view(q, b.start, b.count, b.length, d_len), kb, vb,
                                 mask=self._mask(plan, p, pp, d_len, q.device))
-            e = b.start + b.count * b.length
-            out[b.start : e] = ob[:, :, : b.length].transpose(1, 2).flatten(0, 1)
+            store_seqs(out, b.start, b.count, b.length, ob)
 
     def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
                        count: int, length: int, out: torch.Tensor) -> None:
@@ -367,7 +366,7 @@ class Qwen3Scorer(nn.Module):
         ob = self.attention(seq_view(q, start, count, length, n),
                             seq_view(k, start, count, length, n),
                             seq_view(v, start, count, length, n), causal=True)
-        out[start : start + count * length] = ob[:, :, :length].transpose(1, 2).flatten(0, 1)
+        store_seqs(out, start, count, length, ob)
 
     def _attend_last(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -426,6 +425,14 @@ def seq_view(t: torch.Tensor, start: int, count: int, length: int, to: int) -> t
     row, head, col = t.stride()
     return t.as_strided((count, t.shape[1], to, t.shape[2]), (length * row, head, row, col),
                         t.storage_offset() + start * row)
+
+
+def store_seqs(out: torch.Tensor, start: int, count: int, length: int, ob: torch.Tensor
+               ) -> None:
+    """Write attention outputs ``ob`` [count, heads, >= length, d] of ``count`` packed
+    sequences of ``length`` tokens into ``out`` [T, heads, d] from row ``start``: one copy."""
+    rows = out[start : start + count * length].unflatten(0, (count, length))
+    rows.copy_(ob[:, :, :length].transpose(1, 2))
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
