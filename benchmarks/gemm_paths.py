@@ -35,6 +35,41 @@ def model_shape(model: str) -> Qwen3Shape:
     return Qwen3Shape.from_config(json.loads((Path(model) / "config.json").read_text()))
 
 
+Layer = dict[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def random_layer_weights(shape: Qwen3Shape, n_layers: int, gen: torch.Generator
+                         ) -> list[dict[str, torch.Tensor]]:
+    """Distinct random bf16 projection weights [out, in] for ``n_layers`` layers."""
+    return [{name: (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
+             for name, (k, n) in shape.projections().items()} for _ in range(n_layers)]
+
+
+def projection_inputs(shape: Qwen3Shape, tokens: int, gen: torch.Generator
+                      ) -> dict[str, torch.Tensor]:
+    """One bf16 activation [tokens, in] per projection."""
+    return {name: torch.randn(tokens, k, generator=gen).to(torch.bfloat16)
+            for name, (k, _) in shape.projections().items()}
+
+
+def through_layers(layers: list[Layer], inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One pass of every layer's projections in the model's order, each weight once."""
+    def run() -> None:
+        for layer in layers:
+            for name, fn in layer.items():
+                fn(inputs[name])
+    return run
+
+
+def eager_layers(weights: list[dict[str, torch.Tensor]]) -> list[Layer]:
+    """``F.linear`` on each plain weight: the eager path transformers runs."""
+    return [{name: (lambda x, w=w: F.linear(x, w)) for name, w in ws.items()} for ws in weights]
+
+
+def layers_flops(shape: Qwen3Shape, n_layers: int, tokens: int) -> float:
+    return n_layers * sum(2.0 * tokens * k * n for k, n in shape.projections().values())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,26 +85,17 @@ def main() -> int:
     shapes = shape.projections()
     n_layers = ns.layers or shape.num_layers
     gen = torch.Generator().manual_seed(0)
-    weights = [{name: (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
-                for name, (k, n) in shapes.items()} for _ in range(n_layers)]
-    inputs = {name: torch.randn(ns.tokens, k, generator=gen).to(torch.bfloat16)
-              for name, (k, _) in shapes.items()}
-    flops = n_layers * sum(2.0 * ns.tokens * k * n for k, n in shapes.values())
+    weights = random_layer_weights(shape, n_layers, gen)
+    inputs = projection_inputs(shape, ns.tokens, gen)
+    flops = layers_flops(shape, n_layers, ns.tokens)
 
-    def through_layers(layers: list[dict]) -> Callable[[], None]:
-        def run() -> None:
-            for layer in layers:
-                for name, fn in layer.items():
-                    fn(inputs[name])
-        return run
-
-    paths = {"eager": through_layers(
-        [{name: (lambda x, w=w: F.linear(x, w)) for name, w in ws.items()} for ws in weights])}
+    paths = {"eager": through_layers(eager_layers(weights), inputs)}
     if can_pack(weights[0]["qkv"]):
         paths["packed"] = through_layers(
-            [{name: PackedLinear(w, ns.tokens) for name, w in ws.items()} for ws in weights])
+            [{name: PackedLinear(w, ns.tokens) for name, w in ws.items()} for ws in weights],
+            inputs)
     paths["int8-dequant"] = through_layers(
-        [{name: Int8Linear(w) for name, w in ws.items()} for ws in weights])
+        [{name: Int8Linear(w) for name, w in ws.items()} for ws in weights], inputs)
     if not ns.skip_inductor:
         import torch._inductor.config as inductor_config
 
@@ -78,7 +104,7 @@ def main() -> int:
                                  dynamic=False)
         paths["inductor-gemm"] = through_layers(
             [{name: (lambda x, w=w: compiled(x, w)) for name, w in ws.items()}
-             for ws in weights])
+             for ws in weights], inputs)
 
     with torch.inference_mode():
         for name, run in paths.items():

@@ -84,3 +84,11 @@ def test_truncated_pairs_agree_with_the_cards_truncation(tiny_model):
     want = ref.score_ids(ref.input_ids([format_instruction(None, "q", d) for d in long_docs]))
     got = ours.score("q", long_docs)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+
+
+def test_batches_of_new_sizes_reuse_the_warm_up_graphs(bf16):
+    """The compiled element-wise graphs are dynamic in the token count only: after the
+    engine's warm-up, batches of any size run them without compiling again."""
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for n in (1, 2, 5, len(DOCUMENTS)):
+            assert len(bf16.score(QUERIES[0], DOCUMENTS[:n])) == n
