@@ -4,7 +4,7 @@ import pytest
 from inputs import DOCUMENTS, INSTRUCTIONS, QUERIES
 from reference import card_input_ids, card_tokenizer, format_instruction
 
-from qrank.prompts import SUFFIX, SYSTEM_PREFIX, render_pairs
+from qrank.prompts import DEFAULT_INSTRUCTION, SUFFIX, SYSTEM_PREFIX, render_pairs
 from qrank.tokenize import InputTooLongError, RerankTokenizer
 
 
@@ -81,3 +81,23 @@ def test_special_token_ids_are_looked_up(ours):
     assert ours.token_id("no") == 2152
     with pytest.raises(KeyError):
         ours.token_id("not a single token")
+
+
+@pytest.mark.parametrize("instruction", INSTRUCTIONS)
+def test_head_is_the_system_prefix_and_instruction_line(ours, instruction):
+    """Every query under one instruction starts with the same head ids, raw or preformatted."""
+    line = f"<Instruct>: {DEFAULT_INSTRUCTION if instruction is None else instruction}\n"
+    head = tuple(ours.tokenizer.encode(SYSTEM_PREFIX + line, add_special_tokens=False).ids)
+    for query in QUERIES:
+        raw = ours.encode_pairs(render_pairs(query, DOCUMENTS[:2], instruction), 8192)
+        q_text = SYSTEM_PREFIX + line + f"<Query>: {query}\n"
+        d_texts = [f"<Document>: {d}{SUFFIX}" for d in DOCUMENTS[:2]]
+        pre = ours.encode_pairs(render_pairs(q_text, d_texts), 8192)
+        for t in raw:
+            assert t.head == len(head) and t.shared[: t.head] == head
+        assert [t.head for t in pre] == [t.head for t in raw]
+
+
+def test_without_a_query_line_the_head_is_the_system_prefix(ours):
+    toks = ours.encode_pairs(render_pairs(SYSTEM_PREFIX + "free text\n", ["d" + SUFFIX]), 8192)
+    assert toks[0].head == len(ours.prefix_ids)

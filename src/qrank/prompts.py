@@ -23,6 +23,9 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 
 QUERY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n"
 DOCUMENT_TEMPLATE = "<Document>: {doc}"
+# Where the query line starts: the text before it (system prefix, instruction) is the same for
+# every query under one instruction.
+QUERY_LINE = "\n<Query>:"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from qrank.prompts import DOCUMENT_TEMPLATE, SUFFIX, SYSTEM_PREFIX, PromptPair
+from qrank.prompts import DOCUMENT_TEMPLATE, QUERY_LINE, SUFFIX, SYSTEM_PREFIX, PromptPair
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,13 @@ class PairTokens:
     """Token ids of one pair: ``shared`` (query side, common to a query's documents) + ``own``.
 
     ``own`` is the document body followed by the suffix ids; ``shared + own`` is the full prompt.
+    ``head``: how many leading ids of ``shared`` are the template's head (the system prefix and
+    the ``<Instruct>`` line), common to every query under the same instruction; 0 when unknown.
     """
 
     shared: tuple[int, ...]
     own: tuple[int, ...]
+    head: int = 0
 
     def __len__(self) -> int:
         return len(self.shared) + len(self.own)
@@ -90,6 +93,15 @@ class RerankTokenizer:
                 self._query_cache.popitem(last=False)
         return ids
 
+    def head_length(self, query_side: str, shared: tuple[int, ...]) -> int:
+        """How many leading ids of ``shared`` (the ids of ``query_side``) are the template's
+        head: the text up to the ``<Query>`` line, or the system prefix where there is none.
+        Checked on the ids, so a head that does not tokenize as a prefix of the whole is 0."""
+        cut = query_side.find(QUERY_LINE)
+        head = self.encode_query_side(query_side[: cut + 1] if cut >= 0 else SYSTEM_PREFIX)
+        n = len(head)
+        return n if n <= len(shared) and shared[:n] == head else 0
+
     def encode_pairs(
         self, pairs: list[PromptPair], max_length: int, truncate: bool = True,
         max_doc_tokens: int | None = None,
@@ -105,10 +117,13 @@ class RerankTokenizer:
         body_ids = [e.ids for e in self.tokenizer.encode_batch(bodies, add_special_tokens=False)]
         if max_doc_tokens is not None:
             body_ids = [ids[: self.doc_label_len + max_doc_tokens] for ids in body_ids]
-        return [
-            self.fit(self.encode_query_side(p.query_side), ids, max_length, truncate)
-            for p, ids in zip(pairs, body_ids, strict=True)
-        ]
+        out = []
+        for p, ids in zip(pairs, body_ids, strict=True):
+            shared = self.encode_query_side(p.query_side)
+            pair = self.fit(shared, ids, max_length, truncate)
+            head = min(self.head_length(p.query_side, shared), len(pair.shared))
+            out.append(PairTokens(pair.shared, pair.own, head))
+        return out
 
     def fit(
         self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True

@@ -53,3 +53,25 @@ def test_prefix_cache_hits_and_is_bounded(tiny_model):
         tiny_cache.score_tokens(tiny_cache.encode(q, ["x", "y"]))
         assert tiny_cache.prefix_cache.nbytes <= per_token * 80
     assert len(tiny_cache.prefix_cache) == 1
+
+
+def lone_pairs(engine):
+    """Pairs that share nothing but their template head: each document has its own query,
+    and one pair has its own instruction."""
+    toks = []
+    for i, doc in enumerate(DOCUMENTS):
+        toks += engine.encode(f"query {i}: {doc[:30]}", [doc])
+    toks += engine.encode("a query with its own instruction", ["x"], instruction="Find code")
+    return toks
+
+
+def test_lone_pairs_share_their_template_head_and_equal_the_unshared(engines):
+    want = engines["plain"].score_tokens(lone_pairs(engines["plain"]))
+    for name in ("shared", "cached", "small_batches"):
+        engine = engines[name]
+        for _ in range(2):  # the second round finds the heads in the prefix cache
+            got = engine.score_tokens(lone_pairs(engine))
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5, name
+    cache = engines["cached"].prefix_cache
+    heads = {t.shared[: t.head] for t in lone_pairs(engines["cached"])}
+    assert len(heads) == 2 and all(head in cache for head in heads)

@@ -50,3 +50,30 @@ def test_max_num_seqs_and_no_sharing():
     b = s.next_batch()
     assert b.num_pairs == 3 and len(b.groups) == 3 and b.num_tokens == 3 * 25
     assert len(s) == 2
+
+
+def lone(head_len, query_len, own_len, key, q):
+    """A pair alone with its query, whose first ``head_len`` ids are the template head."""
+    shared = (9,) * head_len + (q,) * query_len
+    return WorkItem(PairTokens(shared, tuple(range(own_len)), head=head_len), key)
+
+
+def test_lone_pairs_share_their_template_head_in_the_budget():
+    s = Scheduler(max_num_batched_tokens=1000)
+    s.add([lone(40, 5, 10, i, q=i) for i in range(3)])
+    # the first pays its whole prefix; the others, under the same head, only the query part
+    assert s.next_batch().num_tokens == (40 + 5 + 10) + 2 * (5 + 10)
+
+
+def test_a_second_pair_of_one_query_pays_the_head_back():
+    s = Scheduler(max_num_batched_tokens=1000)
+    s.add([lone(40, 5, 10, "a", q=1), lone(40, 5, 10, "b", q=2), lone(40, 5, 10, "c", q=2)])
+    # "b" and "c" share their query side: their group computes it whole, head included
+    assert s.next_batch().num_tokens == (40 + 5 + 10) + (40 + 5 + 10) + 10
+
+
+def test_a_cached_head_costs_nothing():
+    cached = {(9,) * 40}
+    s = Scheduler(max_num_batched_tokens=1000, is_cached=cached.__contains__)
+    s.add([lone(40, 5, 10, i, q=i) for i in range(3)])
+    assert s.next_batch().num_tokens == 3 * (5 + 10)

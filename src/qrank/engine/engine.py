@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from qrank.config import EngineArgs
 from qrank.engine.prefix_cache import PrefixCache
 from qrank.engine.scheduler import Batch, Scheduler, WorkItem
-from qrank.models.qwen3 import SeqGroup
+from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
 from qrank.prompts import render_pairs
 from qrank.tokenize import PairTokens
@@ -101,26 +101,52 @@ class Engine:
         )
 
     def _seq_groups(self, batch: Batch) -> tuple[list[SeqGroup], list[list[Any]]]:
-        """Model inputs for a batch; keys[g][d] is the key of group g's document d."""
+        """Model inputs for a batch; keys[g][d] is the key of group g's document d.
+
+        Pairs sharing their query side form a group under it; a pair alone with its query is
+        a document under its template head (system prefix and instruction), shared with the
+        batch's other lone pairs and kept in the prefix cache; what has no head goes alone.
+        """
+        sharing = self.args.prefix_sharing
         groups: list[SeqGroup] = []
         keys: list[list[Any]] = []
+        under_head: dict[tuple[int, ...], tuple[SeqGroup, list[Any]]] = {}
         singles = SeqGroup([], [])
         single_keys: list[Any] = []
         for bg in batch.groups:
-            kv = self.prefix_cache.get(bg.shared) if self.args.prefix_sharing else None
-            if kv is not None or (self.args.prefix_sharing and len(bg.items) > 1):
-                groups.append(SeqGroup(list(bg.shared), [list(it.tokens.own) for it in bg.items],
-                                       prefix_kv=kv,
-                                       keep_prefix_kv=kv is None and self.prefix_cache.enabled))
+            kv = self.prefix_cache.get(bg.shared) if sharing else None
+            if kv is not None or (sharing and len(bg.items) > 1):
+                groups.append(self._prefix_group(bg.shared, kv,
+                                                 [list(it.tokens.own) for it in bg.items]))
                 keys.append([it.key for it in bg.items])
-            else:
-                for it in bg.items:
-                    singles.docs.append(it.tokens.ids)
+                continue
+            for it in bg.items:
+                t = it.tokens
+                if not (sharing and t.head):
+                    singles.docs.append(t.ids)
                     single_keys.append(it.key)
+                    continue
+                head = t.shared[: t.head]
+                if head not in under_head:
+                    under_head[head] = (self._prefix_group(head, self.prefix_cache.get(head), []),
+                                        [])
+                group, group_keys = under_head[head]
+                group.docs.append([*t.shared[t.head :], *t.own])
+                group_keys.append(it.key)
+        for group, group_keys in under_head.values():
+            groups.append(group)
+            keys.append(group_keys)
         if singles.docs:
             groups.append(singles)
             keys.append(single_keys)
         return groups, keys
+
+    def _prefix_group(self, prefix: tuple[int, ...], kv: PrefixKV | None,
+                      docs: list[list[int]]) -> SeqGroup:
+        """Documents under one prefix, its keys and values cached (``kv``) or computed here
+        and then kept for the cache."""
+        return SeqGroup(list(prefix), docs, prefix_kv=kv,
+                        keep_prefix_kv=kv is None and self.prefix_cache.enabled)
 
     def run_batch(self, batch: Batch) -> list[tuple[Any, float]]:
         """Score one batch; returns (key, score) for each of its items."""

@@ -1,10 +1,11 @@
 """Batching policy: pairs from many requests into batches under a token budget.
 
 Pairs that share their query side (same token ids) are grouped, whatever request they came
-from, so the shared prefix is computed once per batch (or taken from the prefix cache). Groups
-are served first come, first served; a group larger than the budget is split across batches.
-The budget counts the tokens actually computed, so a cached or shared prefix is counted once
-or not at all.
+from, so the shared prefix is computed once per batch (or taken from the prefix cache). A pair
+alone with its query in a batch is computed under its template head (system prefix and
+instruction), which the batch's lone pairs share in turn. Groups are served first come, first
+served; a group larger than the budget is split across batches. The budget counts the tokens
+actually computed, so a cached or shared prefix is counted once or not at all.
 """
 
 from __future__ import annotations
@@ -82,31 +83,50 @@ class Scheduler:
             group.items.append(item)
         self._num_pending += len(items)
 
-    def _cost(self, group: BatchGroup, taken: int, item: WorkItem) -> int:
-        """Tokens that adding ``item`` to a batch already holding ``taken`` items of ``group``
-        costs: its own tokens, plus the prefix when it is the group's first and not cached."""
+    def _cost(self, group: BatchGroup, taken: int, item: WorkItem,
+              heads: set[tuple[int, ...]], discount: int) -> tuple[int, int]:
+        """``(tokens, discount)``: what adding ``item`` to a batch already holding ``taken``
+        items of ``group`` costs, and the head tokens its group was not charged.
+
+        Its own tokens, plus the prefix when it is the group's first and not cached; a first
+        item whose template head the batch already computes (``heads``) or the cache holds is
+        charged its prefix without the head (``discount``), which the group's second item pays
+        back, since a group computes its whole prefix.
+        """
         own = len(item.tokens.own)
-        if taken == 0 and not (self.share_prefixes and self.is_cached(group.shared)):
-            return own + len(group.shared)
-        return own
+        if taken > 0:
+            return own + discount, 0
+        if not self.share_prefixes:
+            return own + len(group.shared), 0
+        if self.is_cached(group.shared):
+            return own, 0
+        n = item.tokens.head
+        if n and (group.shared[:n] in heads or self.is_cached(group.shared[:n])):
+            return own + len(group.shared) - n, n
+        return own + len(group.shared), 0
 
     def next_batch(self) -> Batch | None:
         """The next batch, first come first served, or None when nothing waits."""
         if not self._pending:
             return None
         groups: list[BatchGroup] = []
+        heads: set[tuple[int, ...]] = set()  # template heads this batch computes
         tokens = pairs = 0
         full = False
         for key in list(self._pending):
             group = self._pending[key]
             taken: list[WorkItem] = []
+            discount = 0
             for item in group.items:
-                cost = self._cost(group, len(taken), item)
+                cost, new_discount = self._cost(group, len(taken), item, heads, discount)
                 over = tokens + cost > self.max_tokens or pairs + 1 > self.max_seqs
                 if over and pairs > 0:
                     full = True
                     break
+                if not taken and self.share_prefixes and item.tokens.head:
+                    heads.add(group.shared[: item.tokens.head])
                 taken.append(item)
+                discount = new_discount
                 tokens += cost
                 pairs += 1
             if taken:
