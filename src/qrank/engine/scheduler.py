@@ -88,10 +88,11 @@ class Scheduler:
         """``(tokens, discount)``: what adding ``item`` to a batch already holding ``taken``
         items of ``group`` costs, and the head tokens its group was not charged.
 
-        Its own tokens, plus the prefix when it is the group's first and not cached; a first
-        item whose template head the batch already computes (``heads``) or the cache holds is
-        charged its prefix without the head (``discount``), which the group's second item pays
-        back, since a group computes its whole prefix.
+        Its own tokens, plus the prefix when it is the group's first and not cached. A first
+        item with a template head is charged its prefix without the head (``discount``), plus
+        the head itself unless the batch already computes it (``heads``) or the cache holds
+        it; the group's second item pays the discount back, since a group computes its whole
+        prefix. The budget is so never exceeded, at worst overcounted by a head.
         """
         own = len(item.tokens.own)
         if taken > 0:
@@ -101,9 +102,11 @@ class Scheduler:
         if self.is_cached(group.shared):
             return own, 0
         n = item.tokens.head
-        if n and (group.shared[:n] in heads or self.is_cached(group.shared[:n])):
-            return own + len(group.shared) - n, n
-        return own + len(group.shared), 0
+        if not n:
+            return own + len(group.shared), 0
+        head = group.shared[:n]
+        known = head in heads or self.is_cached(head)
+        return own + len(group.shared) - (n if known else 0), n
 
     def next_batch(self) -> Batch | None:
         """The next batch, first come first served, or None when nothing waits."""
@@ -123,8 +126,8 @@ class Scheduler:
                 if over and pairs > 0:
                     full = True
                     break
-                if not taken and self.share_prefixes and item.tokens.head:
-                    heads.add(group.shared[: item.tokens.head])
+                if new_discount:  # a lone pair so far, under its head
+                    heads.add(group.shared[:new_discount])
                 taken.append(item)
                 discount = new_discount
                 tokens += cost
