@@ -68,6 +68,10 @@ def test_query_alone_too_long_drops_the_document_then_cuts_the_query(ours):
     assert pair.ids[: len(ours.prefix_ids)] == list(ours.prefix_ids)
     assert pair.ids[-len(ours.suffix_ids):] == list(ours.suffix_ids)
     assert "a document" not in ours.decode(pair.ids)
+    # the head (system prefix, instruction line) survives the cut, inside what is kept
+    (whole,) = ours.encode_pairs(render_pairs(query, ["a document"]), 8192)
+    assert 0 < pair.head == whole.head <= len(pair.shared)
+    assert pair.shared[: pair.head] == whole.shared[: whole.head]
 
 
 def test_no_truncation_raises_a_clear_error(ours):

@@ -117,22 +117,25 @@ class RerankTokenizer:
         body_ids = [e.ids for e in self.tokenizer.encode_batch(bodies, add_special_tokens=False)]
         if max_doc_tokens is not None:
             body_ids = [ids[: self.doc_label_len + max_doc_tokens] for ids in body_ids]
+        heads: dict[str, int] = {}  # per query side: a query's documents share it
         out = []
         for p, ids in zip(pairs, body_ids, strict=True):
             shared = self.encode_query_side(p.query_side)
-            pair = self.fit(shared, ids, max_length, truncate)
-            head = min(self.head_length(p.query_side, shared), len(pair.shared))
-            out.append(PairTokens(pair.shared, pair.own, head))
+            if p.query_side not in heads:
+                heads[p.query_side] = self.head_length(p.query_side, shared)
+            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side]))
         return out
 
     def fit(
-        self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True
+        self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True,
+        head: int = 0,
     ) -> PairTokens:
-        """Assemble one pair, cutting the document body, then the query side, to fit."""
+        """Assemble one pair, cutting the document body, then the query side, to fit; ``head``
+        is the query side's head length (:meth:`head_length`)."""
         suffix = self.suffix_ids
         total = len(shared) + len(body) + len(suffix)
         if total <= max_length:
-            return PairTokens(shared, (*body, *suffix))
+            return PairTokens(shared, (*body, *suffix), head)
         if not truncate:
             raise InputTooLongError(
                 f"the input has {total} tokens, more than the maximum of {max_length}; "
@@ -140,14 +143,14 @@ class RerankTokenizer:
             )
         room = max_length - len(suffix) - len(shared)
         if room >= 0:
-            return PairTokens(shared, (*body[:room], *suffix))
+            return PairTokens(shared, (*body[:room], *suffix), head)
         keep = max_length - len(suffix)
         if keep < len(self.prefix_ids):
             raise InputTooLongError(
                 f"max length {max_length} leaves no room for the template's "
                 f"{self.template_overhead} tokens"
             )
-        return PairTokens(shared[:keep], suffix)
+        return PairTokens(shared[:keep], suffix, min(head, keep))
 
     def count(self, text: str) -> int:
         """Number of tokens of a plain text."""
