@@ -9,13 +9,13 @@ when its layer comes back), medians of ``--reps`` passes, paths interleaved pass
 - ``packed``: oneDNN weights reordered once (qrank's default for bf16 on CPU);
 - ``inductor-gemm``: ``torch.compile(mode="max-autotune")`` with inductor's CPP GEMM template;
 - ``int8-dequant``: int8 weights dequantized to bf16 before the matmul (``--quantization int8``).
-Also the eager rate on one hot weight, the figure ``vs_transformers.py`` uses for MFU.
+Also the eager rate on one hot weight, the kind of rate ``vs_transformers.py``'s MFU is against
+(its MFU* is against this script's ``eager`` path).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from qrank.models.linear import PackedLinear, can_pack
+from qrank.models.loader import read_config
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import Qwen3Shape
 
 
 def model_shape(model: str) -> Qwen3Shape:
-    return Qwen3Shape.from_config(json.loads((Path(model) / "config.json").read_text()))
+    """The decoder shape of a local model directory."""
+    return Qwen3Shape.from_config(read_config(Path(model)))
 
 
 Layer = dict[str, Callable[[torch.Tensor], torch.Tensor]]

@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qrank.models.qwen3 import Qwen3Shape
+from gemm_paths import model_shape
+
 from qrank.prompts import DEFAULT_INSTRUCTION as INSTRUCTION
 from qrank.prompts import DOCUMENT_TEMPLATE, QUERY_TEMPLATE, SUFFIX
 from qrank.prompts import SYSTEM_PREFIX as PREFIX
@@ -212,10 +213,6 @@ def pair_lengths(model: str, workload: Workload) -> list[int]:
     tok = RerankTokenizer.from_file(find_tokenizer_file(Path(model)))
     return [len(p) for q, docs in workload
             for p in tok.encode_pairs(render_pairs(q, docs), 8192)]
-
-
-def model_shape(model: str) -> Qwen3Shape:
-    return Qwen3Shape.from_config(json.loads((Path(model) / "config.json").read_text()))
 
 
 def model_flops(model: str, lengths: list[int]) -> float:
