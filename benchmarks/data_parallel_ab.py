@@ -3,11 +3,12 @@
     python benchmarks/data_parallel_ab.py --model models/qwen3-reranker-0.6b \
         --tokenizer ../shared/qwen3-tokenizer --workload b --pairs 60 --rounds 3
 
-A measurement for a design not built yet (data-parallel engine workers): the pairs of a
-``vs_transformers.py`` workload are dealt round-robin to the workers, each a process with its
-own model copy, one torch thread and its own batches; the wall time counts from the start signal
-to the last worker's end. The two set-ups alternate round by round, each in fresh processes;
-each runs the workload once untimed after loading, then ``--runs`` timed passes.
+The measurement behind ``EngineArgs.data_parallel_size`` (engine copies in worker processes),
+outside the engine: the pairs of a ``vs_transformers.py`` workload are dealt round-robin to the
+workers, each a process with its own model copy, one torch thread and its own batches; the wall
+time counts from the start signal to the last worker's end. The two set-ups alternate round by
+round, each in fresh processes; each runs the workload once untimed after loading, then
+``--runs`` timed passes.
 """
 
 from __future__ import annotations

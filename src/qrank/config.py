@@ -44,6 +44,7 @@ class EngineArgs:
     compile: str | bool = "auto"
     quantization: str | None = None
     seed: int = 0
+    data_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.hf_overrides, str):
@@ -58,11 +59,20 @@ class EngineArgs:
             self.compile = "on" if self.compile else "off"
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
+        if self.data_parallel_size < 1:
+            raise ValueError("data_parallel_size must be at least 1")
+        if self.data_parallel_size > 1 and self.device != "cpu":
+            raise ValueError("data_parallel_size > 1 runs CPU engine copies; use it with "
+                             "device='cpu'")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"quantization must be 'int8' or unset, not {self.quantization!r}")
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads else available_cores()
+
+    def threads_per_engine(self) -> int:
+        """Threads of each engine copy when ``data_parallel_size`` copies share the threads."""
+        return max(1, self.resolved_threads() // self.data_parallel_size)
 
     def resolved_compile(self, hidden_size: int) -> bool:
         """``auto`` compiles real-sized models (hidden >= COMPILE_MIN_HIDDEN) on the CPU, where

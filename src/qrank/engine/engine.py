@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from qrank.config import EngineArgs
+from qrank.engine.data_parallel import DataParallelWorkers, split_by_query
 from qrank.engine.prefix_cache import PrefixCache
 from qrank.engine.scheduler import Batch, Scheduler, WorkItem
 from qrank.models.qwen3 import PrefixKV, SeqGroup
@@ -41,7 +42,7 @@ class Engine:
 
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
-        threads = args.resolved_threads()
+        threads = args.threads_per_engine()
         if args.device == "cpu":
             torch.set_num_threads(threads)
         torch.manual_seed(args.seed)
@@ -58,8 +59,13 @@ class Engine:
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()
             self.warm_up()
-        logger.info("engine ready: %d threads, batch budget %d tokens, prefix cache %d MiB",
-                    threads, args.max_num_batched_tokens, self.prefix_cache.capacity >> 20)
+        self.workers: DataParallelWorkers | None = None
+        if args.data_parallel_size > 1:
+            self.workers = DataParallelWorkers(
+                replace(args, data_parallel_size=1, threads=threads), args.data_parallel_size - 1)
+        logger.info("engine ready: %d x %d threads, batch budget %d tokens, prefix cache %d MiB",
+                    args.data_parallel_size, threads, args.max_num_batched_tokens,
+                    self.prefix_cache.capacity >> 20)
 
     # ---- inputs -------------------------------------------------------------------------
     def encode(
@@ -164,7 +170,27 @@ class Engine:
         return out
 
     def score_tokens(self, pairs: list[PairTokens], use_tqdm: bool | None = None) -> list[float]:
-        """Scores of tokenized pairs, in their order. A progress bar shows for long jobs."""
+        """Scores of tokenized pairs, in their order. A progress bar shows for long jobs.
+
+        With data-parallel workers, the pairs are split by query into one share per engine
+        copy; this process scores the first share while the workers score the others.
+        """
+        if self.workers is None or len(pairs) < 2:
+            return self._score_here(pairs, use_tqdm)
+        shares = split_by_query(pairs, len(self.workers) + 1)
+        self.workers.send([[pairs[i] for i in share] for share in shares[1:]])
+        try:
+            here = self._score_here([pairs[i] for i in shares[0]], use_tqdm)
+        finally:
+            there = self.workers.receive()
+        scores = [0.0] * len(pairs)
+        for share, share_scores in zip(shares, [here, *there], strict=True):
+            for i, s in zip(share, share_scores, strict=True):
+                scores[i] = s
+        return scores
+
+    def _score_here(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+        """Scores of tokenized pairs, in their order, from this process's engine."""
         scheduler = self.make_scheduler()
         items = [WorkItem(p, i) for i, p in enumerate(pairs)]
         scheduler.add(sorted(items, key=lambda it: len(it.tokens)))
@@ -197,6 +223,9 @@ class Engine:
 
     def close(self) -> None:
         self.prefix_cache.clear()
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
 
 class QueueFullError(RuntimeError):
@@ -219,6 +248,9 @@ class AsyncEngine:
     batched together and each gets a Future of its scores."""
 
     def __init__(self, engine: Engine, max_queued_pairs: int = 100_000) -> None:
+        if engine.workers is not None:
+            raise ValueError("data-parallel workers score offline jobs (score_tokens); the "
+                             "async engine runs batches on its own engine")
         self.engine = engine
         self.max_queued_pairs = max_queued_pairs
         self.scheduler = engine.make_scheduler()

@@ -1,0 +1,121 @@
+"""Data-parallel scoring: engine copies in worker processes, each with its own threads.
+
+On a CPU with few cores, N single-thread engines scoring separate batches beat one engine with
+N threads (``benchmarks/data_parallel_ab.py``: 1.22-1.25x on two cores): no OpenMP barrier
+between a layer's many short kernels, and a stalled core slows one worker, not both. Each worker
+holds its own copy of the model, so memory grows with N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from qrank.config import EngineArgs
+from qrank.tokenize import PairTokens
+
+
+def split_by_query(pairs: Sequence[PairTokens], parts: int) -> list[list[int]]:
+    """Indices of ``pairs`` dealt into ``parts`` shares of about equal tokens.
+
+    Pairs with the same query side stay together, so each share keeps its prefixes shared;
+    the largest groups are placed first, each on the lightest share so far.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.shared, []).append(i)
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for members in sorted(groups.values(), key=lambda m: -sum(len(pairs[i]) for i in m)):
+        lightest = loads.index(min(loads))
+        shares[lightest] += members
+        loads[lightest] += sum(len(pairs[i]) for i in members)
+    return shares
+
+
+def _serve(conn: Connection, args: EngineArgs) -> None:
+    """A worker process: load an engine, then score the shares it is sent until ``None``."""
+    from qrank.engine.engine import Engine
+
+    try:
+        engine = Engine(args)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while (pairs := conn.recv()) is not None:
+        try:
+            conn.send(("ok", engine.score_tokens(pairs, use_tqdm=False)))
+        except Exception as exc:  # noqa: BLE001 - a failed share fails the caller's job
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class DataParallelWorkers:
+    """``count`` engine processes that score shares of a job beside the caller's own engine."""
+
+    def __init__(self, args: EngineArgs, count: int) -> None:
+        ctx = mp.get_context("spawn")  # forking a process that has run OpenMP is not safe
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, args), daemon=True,
+                               name="qrank-dp-worker")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        try:
+            for conn in self._conns:
+                self._receive(conn)
+        except RuntimeError:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def send(self, shares: list[list[PairTokens]]) -> None:
+        """Start worker i on ``shares[i]``."""
+        for conn, share in zip(self._conns, shares, strict=True):
+            conn.send(share)
+
+    def receive(self) -> list[list[float]]:
+        """The scores of the shares last sent, in worker order. Every worker's answer is read
+        before a failure is raised, so the next job starts in step."""
+        replies = [self._recv(conn) for conn in self._conns]
+        for kind, value in replies:
+            if kind == "error":
+                raise RuntimeError(f"a data-parallel worker failed: {value}")
+        return [value for _, value in replies]
+
+    def _receive(self, conn: Connection) -> Any:
+        kind, value = self._recv(conn)
+        if kind == "error":
+            raise RuntimeError(f"a data-parallel worker failed: {value}")
+        return value
+
+    @staticmethod
+    def _recv(conn: Connection) -> tuple[str, Any]:
+        try:
+            return conn.recv()
+        except EOFError:
+            return "error", ("its process died (a script that starts data-parallel workers "
+                             "must guard its main code with `if __name__ == '__main__':`)")
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError):  # a worker that died already
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(p.is_alive() for p in self._procs)
