@@ -1,14 +1,11 @@
-"""One engine process with N threads against N engine processes with one thread each.
+"""qrank's offline engine with N threads against ``data_parallel_size=N`` (N one-thread copies).
 
     python benchmarks/data_parallel_ab.py --model models/qwen3-reranker-0.6b \
         --tokenizer ../shared/qwen3-tokenizer --workload b --pairs 60 --rounds 3
 
-The measurement behind ``EngineArgs.data_parallel_size`` (engine copies in worker processes),
-outside the engine: the pairs of a ``vs_transformers.py`` workload are dealt round-robin to the
-workers, each a process with its own model copy, one torch thread and its own batches; the wall
-time counts from the start signal to the last worker's end. The two set-ups alternate round by
-round, each in fresh processes; each runs the workload once untimed after loading, then
-``--runs`` timed passes.
+Scores a ``vs_transformers.py`` workload with both set-ups, alternating round by round, each in a
+fresh process: one untimed pass after loading, then ``--runs`` timed passes (prefix cache emptied
+before each, in the calling engine). Prints each round's times and the medians' ratio.
 """
 
 from __future__ import annotations
@@ -23,44 +20,18 @@ import time
 from vs_transformers import QrankRunner, build_workloads
 
 
-def worker(model: str, tokenizer: str, workload: str, pairs: int, part: int, parts: int,
-           threads: int, go, done) -> None:
-    """Load an engine, score this worker's share once untimed, then once per start signal."""
-    share = build_workloads(tokenizer, pairs, pairs, 0)[workload][part::parts]
-    runner = QrankRunner(model, threads)
-    runner.run(share)
-    done.put(0.0)
-    while go.get():
-        start = time.perf_counter()
-        runner.run(share)
-        done.put(time.perf_counter() - start)
-
-
-def wall_times(ns: argparse.Namespace, parts: int, threads: int) -> list[float]:
-    """Wall seconds of ``ns.runs`` timed passes of ``parts`` workers with ``threads`` each."""
-    ctx = mp.get_context("spawn")
-    goes = [ctx.Queue() for _ in range(parts)]
-    done = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(ns.model, ns.tokenizer, ns.workload, ns.pairs,
-                                              i, parts, threads, goes[i], done))
-             for i in range(parts)]
-    for p in procs:
-        p.start()
-    for _ in procs:  # every worker loaded and warm
-        done.get()
-    walls = []
+def measure(ns: argparse.Namespace, data_parallel_size: int, out) -> None:
+    """Seconds of ``ns.runs`` timed passes of the workload, put on ``out``."""
+    workload = build_workloads(ns.tokenizer, ns.pairs, ns.pairs, 0)[ns.workload]
+    runner = QrankRunner(ns.model, ns.threads, data_parallel_size=data_parallel_size)
+    runner.run(workload)
+    times = []
     for _ in range(ns.runs):
         start = time.perf_counter()
-        for g in goes:
-            g.put(True)
-        for _ in procs:
-            done.get()
-        walls.append(time.perf_counter() - start)
-    for g in goes:
-        g.put(False)
-    for p in procs:
-        p.join()
-    return walls
+        runner.run(workload)
+        times.append(time.perf_counter() - start)
+    runner.engine.close()
+    out.put(times)
 
 
 def main() -> int:
@@ -70,20 +41,25 @@ def main() -> int:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--workload", choices=["a", "b"], default="b")
     p.add_argument("--pairs", type=int, default=60)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs", type=int, default=3, help="timed passes per round and set-up")
     ns = p.parse_args()
-    n = ns.workers
-    setups = {f"1 process x {n} threads": (1, n), f"{n} processes x 1 thread": (n, 1)}
+    ctx = mp.get_context("spawn")  # not a daemon: the engine starts its own workers
+    setups = {f"{ns.threads} threads": 1,
+              f"data_parallel_size={ns.threads}": ns.threads}
     medians: dict[str, list[float]] = {name: [] for name in setups}
     for r in range(ns.rounds):
-        for name, (parts, threads) in setups.items():
-            walls = wall_times(ns, parts, threads)
-            medians[name].append(statistics.median(walls))
-            print(f"round {r + 1} {name}: " + ", ".join(f"{w:.2f}" for w in walls) + " s",
+        for name, dp in setups.items():
+            out = ctx.Queue()
+            proc = ctx.Process(target=measure, args=(ns, dp, out))
+            proc.start()
+            times = out.get()
+            proc.join()
+            medians[name].append(statistics.median(times))
+            print(f"round {r + 1} {name}: " + ", ".join(f"{t:.2f}" for t in times) + " s",
                   flush=True)
-    base = statistics.median(medians[f"1 process x {n} threads"])
+    base = statistics.median(medians[f"{ns.threads} threads"])
     for name, ms in medians.items():
         m = statistics.median(ms)
         print(f"{name:<24} median {m:.2f} s  x{base / m:.2f}")
