@@ -69,8 +69,7 @@ class DataParallelWorkers:
             self._conns.append(parent)
             self._procs.append(proc)
         try:
-            for conn in self._conns:
-                self._receive(conn)
+            self.receive()  # every worker's "ready", or the first failure
         except RuntimeError:
             self.close()
             raise
@@ -83,20 +82,15 @@ class DataParallelWorkers:
         for conn, share in zip(self._conns, shares, strict=True):
             conn.send(share)
 
-    def receive(self) -> list[list[float]]:
-        """The scores of the shares last sent, in worker order. Every worker's answer is read
-        before a failure is raised, so the next job starts in step."""
+    def receive(self) -> list[Any]:
+        """Each worker's answer to the last message (the scores of its share), in worker
+        order. Every answer is read before a failure is raised, so the next job starts in
+        step."""
         replies = [self._recv(conn) for conn in self._conns]
         for kind, value in replies:
             if kind == "error":
                 raise RuntimeError(f"a data-parallel worker failed: {value}")
         return [value for _, value in replies]
-
-    def _receive(self, conn: Connection) -> Any:
-        kind, value = self._recv(conn)
-        if kind == "error":
-            raise RuntimeError(f"a data-parallel worker failed: {value}")
-        return value
 
     @staticmethod
     def _recv(conn: Connection) -> tuple[str, Any]:
