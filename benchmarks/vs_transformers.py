@@ -8,7 +8,9 @@ once per round and workload (the tuned batch sizes are all tried in round 1, the
 - ``card``: transformers as the model card runs it (AutoModelForCausalLM, left padding,
   batch 16, bf16, ``outputs.logits[:, -1, :]``, yes/no log-softmax);
 - ``tuned``: the same with ``logits_to_keep=1``, at the best of batch 8/16/32;
-- ``qrank``: qrank's offline engine (prefix cache emptied before every run).
+- ``qrank``: qrank's offline engine (prefix cache emptied before every run);
+- ``qrank-dpN`` with ``--data-parallel N``: the same with ``data_parallel_size=N`` (N one-thread
+  engine copies; its peak RSS sums the copies' processes).
 Workloads: (a) vLLM's random-rerank at ``--random-input 200`` (one shared query of 99 tokens,
 documents of 100 tokens, 10 per request); (b) distinct queries with one ~200-token document each.
 It first measures this machine's eager bf16 matmul rate at the model's shapes, and reports
@@ -65,10 +67,26 @@ class QrankRunner:
         self.engine = Engine(EngineArgs(model=model, dtype="bfloat16", threads=threads,
                                         **engine_kwargs))
 
+    def peak_rss(self) -> int:
+        """Peak RSS in bytes of this process plus its data-parallel workers' (each its own
+        peak, so the sum bounds their total from above)."""
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        workers = self.engine.workers.pids if self.engine.workers is not None else []
+        return own + sum(peak_rss_of(pid) for pid in workers)
+
     def run(self, workload: Workload) -> list[float]:
         self.engine.prefix_cache.clear()
         pairs = [p for q, docs in workload for p in self.engine.encode(q, docs)]
         return self.engine.score_tokens(pairs, use_tqdm=False)
+
+
+def peak_rss_of(pid: int) -> int:
+    """A live process's peak RSS in bytes (``VmHWM``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 class TransformersRunner:
@@ -170,12 +188,17 @@ def worker(conn, kind: str, model: str, threads: int, options: dict) -> None:
     while True:
         msg = conn.recv()
         if msg is None:
+            if isinstance(runner, QrankRunner):
+                runner.engine.close()  # stops its data-parallel workers, if any
             return
         workload = msg
         start = time.perf_counter()
         scores = runner.run(workload)
         elapsed = time.perf_counter() - start
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if isinstance(runner, QrankRunner):
+            rss = runner.peak_rss()
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         conn.send((elapsed, scores, rss))
 
 
@@ -188,7 +211,8 @@ class Engine:
 
 def start(ctx, name: str, kind: str, model: str, threads: int, options: dict) -> Engine:
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=worker, args=(child, kind, model, threads, options), daemon=True)
+    # not a daemon: a data-parallel qrank engine starts worker processes of its own
+    proc = ctx.Process(target=worker, args=(child, kind, model, threads, options))
     proc.start()
     assert parent.recv() == "ready"
     return Engine(name, parent, proc)
@@ -237,6 +261,8 @@ def main() -> int:
     p.add_argument("--rss-pairs", type=int, default=1000,
                    help="pairs of workload (a) for the peak-RSS check (0: skip)")
     p.add_argument("--qrank-options", default="{}", help="JSON EngineArgs overrides for qrank")
+    p.add_argument("--data-parallel", type=int, default=0, metavar="N",
+                   help="also run qrank with data_parallel_size=N (row qrank-dpN; 0: not)")
     p.add_argument("--output-json", default=None)
     p.add_argument("--seed", type=int, default=0)
     ns = p.parse_args()
@@ -261,7 +287,11 @@ def main() -> int:
         print(f"workload {k}: {len(w)} requests, {n} pairs, {sum(lengths[k])} tokens "
               f"(mean {sum(lengths[k]) / n:.0f} per pair)", flush=True)
 
-    engines = [start(ctx, "qrank", "qrank", ns.model, ns.threads, json.loads(ns.qrank_options))]
+    qrank_options = json.loads(ns.qrank_options)
+    engines = [start(ctx, "qrank", "qrank", ns.model, ns.threads, qrank_options)]
+    if ns.data_parallel > 1:
+        engines.append(start(ctx, f"qrank-dp{ns.data_parallel}", "qrank", ns.model, ns.threads,
+                             {**qrank_options, "data_parallel_size": ns.data_parallel}))
     if not ns.skip_card:
         engines.append(start(ctx, "card", "card", ns.model, ns.threads, {"batch_size": 16}))
     for b in [int(x) for x in ns.tuned_batches.split(",")]:
@@ -309,10 +339,10 @@ def main() -> int:
         ref = scores[(tuned_name, wname)]
         print(f"scores (tuned): {min(ref):.3f} to {max(ref):.3f}, std "
               f"{statistics.pstdev(ref):.3f}")
-        print(f"{'engine':<10}{'pairs/s':>9}{'tokens/s':>10}{'x card':>8}{'x tuned':>9}"
+        print(f"{'engine':<11}{'pairs/s':>9}{'tokens/s':>10}{'x card':>8}{'x tuned':>9}"
               f"{'MFU':>7}{'MFU*':>7}{'peak RSS':>10}{'max |Δ| vs tuned':>18}")
         rows = {}
-        for name in ["qrank", "card", tuned_name]:
+        for name in ["qrank", f"qrank-dp{ns.data_parallel}", "card", tuned_name]:
             if name not in med:
                 continue
             t = med[name]
@@ -328,7 +358,7 @@ def main() -> int:
             }
             rows[name] = row
             x_card = f"{row['x_card']:.2f}" if card else "-"
-            print(f"{name:<10}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
+            print(f"{name:<11}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
                   f"{x_card:>8}{row['x_tuned']:>9.2f}{row['mfu']:>7.0%}"
                   f"{row['mfu_model_rate']:>7.0%}"
                   f"{row['peak_rss_gb']:>9.2f}G{diff:>18.4f}")
@@ -340,12 +370,18 @@ def main() -> int:
 
     if ns.rss_pairs:
         big = build_workloads(tok_dir, ns.rss_pairs, 1, ns.seed)["a"]
-        e = start(ctx, "qrank", "qrank", ns.model, ns.threads, json.loads(ns.qrank_options))
-        elapsed, s, peak = run(e, big)
-        stop(e)
-        print(f"\nqrank peak RSS scoring {len(s)} pairs of workload (a) in bf16: "
-              f"{peak / 1e9:.2f} GB ({elapsed:.1f} s)")
-        results["rss_check"] = {"pairs": len(s), "peak_rss_gb": peak / 1e9, "seconds": elapsed}
+        checks = {"qrank": qrank_options}
+        if ns.data_parallel > 1:
+            checks[f"qrank-dp{ns.data_parallel}"] = {**qrank_options,
+                                                     "data_parallel_size": ns.data_parallel}
+        for name, options in checks.items():
+            e = start(ctx, name, "qrank", ns.model, ns.threads, options)
+            elapsed, s, peak = run(e, big)
+            stop(e)
+            print(f"\n{name} peak RSS scoring {len(s)} pairs of workload (a) in bf16: "
+                  f"{peak / 1e9:.2f} GB ({elapsed:.1f} s)")
+            results.setdefault("rss_check", {})[name] = {
+                "pairs": len(s), "peak_rss_gb": peak / 1e9, "seconds": elapsed}
     if ns.output_json:
         Path(ns.output_json).write_text(json.dumps(results, indent=2))
     return 0

@@ -18,7 +18,14 @@ def test_split_keeps_queries_together_and_balances_tokens():
     shares = split_by_query(pairs, 2)
     assert sorted(i for share in shares for i in share) == list(range(len(pairs)))
     assert shares == [[0, 1, 2], [3, 4, 5]]  # 45 tokens against 30 + 26
-    assert split_by_query(pairs[:1], 3) == [[0], [], []]
+    assert split_by_query(pairs[:1], 3) == [[], [0], []]  # its middle token is in run 2
+    # one query with many documents is cut into equal runs, not left to one engine copy
+    one_query = [PairTokens((1,) * 10, (2,) * 5)] * 6
+    assert split_by_query(one_query, 2) == [[0, 1, 2], [3, 4, 5]]
+    assert split_by_query(one_query, 3) == [[0, 1], [2, 3], [4, 5]]
+    # a big query is cut once, at the token midpoint; the small ones stay whole
+    mixed = one_query[:4] + [PairTokens((7,) * 10, (8,) * 10)] * 2
+    assert split_by_query(mixed, 2) == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_data_parallel_scores_equal_one_engine(tiny_model):
@@ -35,7 +42,7 @@ def test_data_parallel_scores_equal_one_engine(tiny_model):
             got = parallel.score_tokens(pairs)
             assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
         assert parallel.score_tokens(pairs[:1]) == pytest.approx(want[:1], abs=1e-5)
-        # one query: all pairs stay in this process, the worker gets an empty share
+        # one query: its documents are split between this process and the worker
         assert parallel.score_tokens(pairs[:6]) == pytest.approx(want[:6], abs=1e-5)
         with pytest.raises(ValueError, match="offline"):
             AsyncEngine(parallel)

@@ -19,20 +19,25 @@ from qrank.tokenize import PairTokens
 
 
 def split_by_query(pairs: Sequence[PairTokens], parts: int) -> list[list[int]]:
-    """Indices of ``pairs`` dealt into ``parts`` shares of about equal tokens.
+    """Indices of ``pairs`` cut into ``parts`` shares of about equal tokens, query by query.
 
-    Pairs with the same query side stay together, so each share keeps its prefixes shared;
-    the largest groups are placed first, each on the lightest share so far.
+    The pairs are lined up with those of one query side next to each other, and the line is
+    cut into ``parts`` runs of equal tokens (each pair goes to the run its middle token falls
+    in). A query's pairs stay together unless a cut falls inside them: then each of the
+    (at most ``parts - 1``) cut queries has its prefix computed once per share, while a
+    one-query job, as vLLM's random-rerank sends, still spreads over every engine copy.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(pairs):
         groups.setdefault(p.shared, []).append(i)
+    total = sum(len(p) for p in pairs)
     shares: list[list[int]] = [[] for _ in range(parts)]
-    loads = [0] * parts
-    for members in sorted(groups.values(), key=lambda m: -sum(len(pairs[i]) for i in m)):
-        lightest = loads.index(min(loads))
-        shares[lightest] += members
-        loads[lightest] += sum(len(pairs[i]) for i in members)
+    done = 0
+    for members in groups.values():
+        for i in members:
+            middle = done + len(pairs[i]) / 2
+            shares[min(parts - 1, int(middle * parts / total))].append(i)
+            done += len(pairs[i])
     return shares
 
 
@@ -109,6 +114,11 @@ class DataParallelWorkers:
             if proc.is_alive():
                 proc.terminate()
         self._conns, self._procs = [], []
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for a caller that sums their memory)."""
+        return [p.pid for p in self._procs]
 
     @property
     def alive(self) -> bool:
