@@ -76,7 +76,7 @@ class EngineArgs:
 
     def resolved_compile(self, hidden_size: int) -> bool:
         """``auto`` compiles real-sized models (hidden >= COMPILE_MIN_HIDDEN) on the CPU, where
-        it was measured: the fused element-wise work pays for its ~20 s first compile (cached
+        it was measured: the fused element-wise work pays for its ~25 s first compile (cached
         on disk afterwards); tiny test models gain nothing from it."""
         if self.compile == "auto":
             return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
@@ -123,7 +123,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile the element-wise work around attention (auto: for "
                         f"models with hidden size >= {COMPILE_MIN_HIDDEN}; the first start "
-                        "compiles for ~20 s)")
+                        "compiles for ~25 s)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
 
