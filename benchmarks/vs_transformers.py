@@ -70,14 +70,21 @@ class QrankRunner:
     def peak_rss(self) -> int:
         """Peak RSS in bytes of this process plus its data-parallel workers' (each its own
         peak, so the sum bounds their total from above)."""
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         workers = self.engine.workers.pids if self.engine.workers is not None else []
-        return own + sum(peak_rss_of(pid) for pid in workers)
+        return own_peak_rss() + sum(peak_rss_of(pid) for pid in workers)
+
+    def close(self) -> None:
+        self.engine.close()  # stops its data-parallel workers, if any
 
     def run(self, workload: Workload) -> list[float]:
         self.engine.prefix_cache.clear()
         pairs = [p for q, docs in workload for p in self.engine.encode(q, docs)]
         return self.engine.score_tokens(pairs, use_tqdm=False)
+
+
+def own_peak_rss() -> int:
+    """This process's peak RSS in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_rss_of(pid: int) -> int:
@@ -105,6 +112,12 @@ class TransformersRunner:
         self.suffix = self.tok.encode(SUFFIX, add_special_tokens=False)
         self.yes = self.tok.convert_tokens_to_ids("yes")
         self.no = self.tok.convert_tokens_to_ids("no")
+
+    def peak_rss(self) -> int:
+        return own_peak_rss()
+
+    def close(self) -> None:
+        """Nothing to stop: the model goes with the process."""
 
     def run(self, workload: Workload) -> list[float]:
         torch = self.torch
@@ -188,18 +201,13 @@ def worker(conn, kind: str, model: str, threads: int, options: dict) -> None:
     while True:
         msg = conn.recv()
         if msg is None:
-            if isinstance(runner, QrankRunner):
-                runner.engine.close()  # stops its data-parallel workers, if any
+            runner.close()
             return
         workload = msg
         start = time.perf_counter()
         scores = runner.run(workload)
         elapsed = time.perf_counter() - start
-        if isinstance(runner, QrankRunner):
-            rss = runner.peak_rss()
-        else:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        conn.send((elapsed, scores, rss))
+        conn.send((elapsed, scores, runner.peak_rss()))
 
 
 @dataclass
@@ -287,11 +295,12 @@ def main() -> int:
         print(f"workload {k}: {len(w)} requests, {n} pairs, {sum(lengths[k])} tokens "
               f"(mean {sum(lengths[k]) / n:.0f} per pair)", flush=True)
 
-    qrank_options = json.loads(ns.qrank_options)
-    engines = [start(ctx, "qrank", "qrank", ns.model, ns.threads, qrank_options)]
+    qrank_setups = {"qrank": json.loads(ns.qrank_options)}  # name -> EngineArgs overrides
     if ns.data_parallel > 1:
-        engines.append(start(ctx, f"qrank-dp{ns.data_parallel}", "qrank", ns.model, ns.threads,
-                             {**qrank_options, "data_parallel_size": ns.data_parallel}))
+        qrank_setups[f"qrank-dp{ns.data_parallel}"] = {**qrank_setups["qrank"],
+                                                       "data_parallel_size": ns.data_parallel}
+    engines = [start(ctx, name, "qrank", ns.model, ns.threads, options)
+               for name, options in qrank_setups.items()]
     if not ns.skip_card:
         engines.append(start(ctx, "card", "card", ns.model, ns.threads, {"batch_size": 16}))
     for b in [int(x) for x in ns.tuned_batches.split(",")]:
@@ -342,7 +351,7 @@ def main() -> int:
         print(f"{'engine':<11}{'pairs/s':>9}{'tokens/s':>10}{'x card':>8}{'x tuned':>9}"
               f"{'MFU':>7}{'MFU*':>7}{'peak RSS':>10}{'max |Δ| vs tuned':>18}")
         rows = {}
-        for name in ["qrank", f"qrank-dp{ns.data_parallel}", "card", tuned_name]:
+        for name in [*qrank_setups, "card", tuned_name]:
             if name not in med:
                 continue
             t = med[name]
@@ -370,11 +379,7 @@ def main() -> int:
 
     if ns.rss_pairs:
         big = build_workloads(tok_dir, ns.rss_pairs, 1, ns.seed)["a"]
-        checks = {"qrank": qrank_options}
-        if ns.data_parallel > 1:
-            checks[f"qrank-dp{ns.data_parallel}"] = {**qrank_options,
-                                                     "data_parallel_size": ns.data_parallel}
-        for name, options in checks.items():
+        for name, options in qrank_setups.items():
             e = start(ctx, name, "qrank", ns.model, ns.threads, options)
             elapsed, s, peak = run(e, big)
             stop(e)
