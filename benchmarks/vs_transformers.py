@@ -23,6 +23,7 @@ through every layer's own weights in turn (``model``), the rate a forward pass c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -232,8 +233,13 @@ def run(engine: Engine, workload: Workload) -> tuple[float, list[float], int]:
 
 
 def stop(engine: Engine) -> None:
-    engine.conn.send(None)
+    """Ask the engine's process to close and wait for it; terminate it if it does not (the
+    processes are not daemons, so one left waiting would keep this script from exiting)."""
+    with contextlib.suppress(OSError):  # its process died already
+        engine.conn.send(None)
     engine.proc.join(30)
+    if engine.proc.is_alive():
+        engine.proc.terminate()
 
 
 # ---- accounting -------------------------------------------------------------------------------
@@ -314,24 +320,26 @@ def main() -> int:
     rates: list[dict[str, float]] = []
     # MFU against the hot single-weight rate ("layer") and the whole-model rate ("model")
     mfu: dict[tuple[str, str, str], list[float]] = {}
-    for r in range(ns.rounds):
-        rates.append(measure_rate())
-        for wname, workload in workloads.items():
-            for e in active[wname]:  # interleaved: every engine once per round and workload
-                elapsed, s, peak = run(e, workload)
-                times.setdefault((e.name, wname), []).append(elapsed)
-                for basis in ("layer", "model"):
-                    mfu.setdefault((e.name, wname, basis), []).append(
-                        flops[wname] / elapsed / (rates[-1][basis] * 1e9))
-                scores[(e.name, wname)] = s
-                rss[e.name] = peak
-                print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
-            if r == 0:  # later rounds run only the best tuned batch size of round 1
-                tuned = [e for e in engines if e.name.startswith("tuned")]
-                best = min(tuned, key=lambda e: times[(e.name, wname)][0])
-                active[wname] = [e for e in engines if e not in tuned or e is best]
-    for e in engines:
-        stop(e)
+    try:
+        for r in range(ns.rounds):
+            rates.append(measure_rate())
+            for wname, workload in workloads.items():
+                for e in active[wname]:  # interleaved: every engine once per round and workload
+                    elapsed, s, peak = run(e, workload)
+                    times.setdefault((e.name, wname), []).append(elapsed)
+                    for basis in ("layer", "model"):
+                        mfu.setdefault((e.name, wname, basis), []).append(
+                            flops[wname] / elapsed / (rates[-1][basis] * 1e9))
+                    scores[(e.name, wname)] = s
+                    rss[e.name] = peak
+                    print(f"round {r + 1} workload {wname} {e.name}: {elapsed:.2f} s", flush=True)
+                if r == 0:  # later rounds run only the best tuned batch size of round 1
+                    tuned = [e for e in engines if e.name.startswith("tuned")]
+                    best = min(tuned, key=lambda e: times[(e.name, wname)][0])
+                    active[wname] = [e for e in engines if e not in tuned or e is best]
+    finally:
+        for e in engines:
+            stop(e)
 
     rate = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
     print("median eager bf16 matmul GFLOP/s over the rounds: " +
