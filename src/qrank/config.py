@@ -42,6 +42,7 @@ class EngineArgs:
     prefix_sharing: bool = True
     prefix_cache_bytes: int = 512 * 1024 * 1024
     compile: str | bool = "auto"
+    cpu_attention_kernel: str | bool = "auto"
     quantization: str | None = None
     seed: int = 0
     data_parallel_size: int = 1
@@ -59,6 +60,11 @@ class EngineArgs:
             self.compile = "on" if self.compile else "off"
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
+        if isinstance(self.cpu_attention_kernel, bool):
+            self.cpu_attention_kernel = "on" if self.cpu_attention_kernel else "off"
+        if self.cpu_attention_kernel not in ("auto", "on", "off"):
+            raise ValueError("cpu_attention_kernel must be auto, on or off, not "
+                             f"{self.cpu_attention_kernel!r}")
         if self.data_parallel_size < 1:
             raise ValueError("data_parallel_size must be at least 1")
         if self.data_parallel_size > 1 and self.device != "cpu":
@@ -81,6 +87,14 @@ class EngineArgs:
         if self.compile == "auto":
             return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
         return self.compile == "on"
+
+    def resolved_cpu_attention_kernel(self, hidden_size: int) -> bool:
+        """``auto`` uses the AMX attention kernel for real-sized models (hidden >=
+        COMPILE_MIN_HIDDEN) on the CPU, where it was measured; its first build takes ~30 s
+        (cached on disk afterwards). It runs in bfloat16 only; the scorer checks the rest."""
+        if self.cpu_attention_kernel == "auto":
+            return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
+        return self.cpu_attention_kernel == "on"
 
 
 def parse_json_dict(text: str, name: str) -> dict[str, Any]:
@@ -124,6 +138,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch.compile the element-wise work around attention (auto: for "
                         f"models with hidden size >= {COMPILE_MIN_HIDDEN}; the first start "
                         "compiles for ~25 s)")
+    g.add_argument("--cpu-attention-kernel", default="auto", choices=["auto", "on", "off"],
+                   help="attend documents over their shared prefix with qrank's AMX kernel "
+                        "(bfloat16 on the CPU; auto: for models with hidden size >= "
+                        f"{COMPILE_MIN_HIDDEN}; the first start builds it for ~30 s; off: SDPA)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
 

@@ -8,6 +8,7 @@ from inputs import DOCUMENTS, INSTRUCTIONS, QUERIES
 from reference import SUFFIX, CardReference, format_instruction
 
 from qrank import Reranker
+from qrank.models import cpu_attention
 from qrank.prompts import SYSTEM_PREFIX
 
 
@@ -31,9 +32,14 @@ def fp32(tiny_model, request):
     return Reranker(str(tiny_model), dtype="float32", compile=request.param)
 
 
-@pytest.fixture(scope="module", params=["off", "on"], ids=["eager", "compiled"])
+@pytest.fixture(scope="module", params=[("off", "off"), ("on", "off"), ("on", "on")],
+                ids=["eager", "compiled", "compiled+cpu-attention-kernel"])
 def bf16(tiny_model, request):
-    return Reranker(str(tiny_model), dtype="bfloat16", compile=request.param)
+    compile, kernel = request.param
+    if kernel == "on" and cpu_attention.load() is None:
+        pytest.skip("the CPU attention kernel cannot be built or run here")
+    return Reranker(str(tiny_model), dtype="bfloat16", compile=compile,
+                    cpu_attention_kernel=kernel)
 
 
 def test_tiny_model_scores_spread_with_context(reference_scores):

@@ -149,3 +149,13 @@ def test_compile_auto_is_for_real_sized_models_on_cpu():
     assert EngineArgs("m", compile=False).resolved_compile(4096) is False
     with pytest.raises(ValueError, match="compile"):
         EngineArgs("m", compile="sometimes")
+
+
+def test_cpu_attention_kernel_auto_is_for_real_sized_models_on_cpu():
+    assert EngineArgs("m").resolved_cpu_attention_kernel(1024) is True
+    assert EngineArgs("m").resolved_cpu_attention_kernel(64) is False
+    assert EngineArgs("m", device="cuda").resolved_cpu_attention_kernel(4096) is False
+    assert EngineArgs("m", cpu_attention_kernel="on").resolved_cpu_attention_kernel(64) is True
+    assert EngineArgs("m", cpu_attention_kernel=False).resolved_cpu_attention_kernel(4096) is False
+    with pytest.raises(ValueError, match="cpu_attention_kernel"):
+        EngineArgs("m", cpu_attention_kernel="sometimes")

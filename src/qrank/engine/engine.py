@@ -55,6 +55,11 @@ class Engine:
         self.max_model_len = loaded.max_model_len
         self.prefix_cache = PrefixCache(args.prefix_cache_bytes if args.prefix_sharing else 0)
         self.on_batch: Callable[[BatchStats], None] | None = None
+        if (args.resolved_cpu_attention_kernel(self.trunk.shape.hidden_size)
+                and not self.trunk.use_cpu_attention_kernel()):
+            log = logger.warning if args.cpu_attention_kernel == "on" else logger.info
+            log("the CPU attention kernel is not in use (it runs bfloat16 on CPUs that oneDNN "
+                "can pack for); attention stays on SDPA")
         if args.resolved_compile(self.trunk.shape.hidden_size):
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()

@@ -228,6 +228,9 @@ class Qwen3Scorer(nn.Module):
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention = sdpa_attention
+        # documents over a prefix: None (SDPA with a mask) or a kernel with
+        # :func:`qrank.models.cpu_attention.prefix_attention`'s signature
+        self.prefix_attention: Callable[..., None] | None = None
         self.ops: dict[str, Callable[..., Any]] = dict(ELEMENTWISE)
 
     def compile(self, **options: Any) -> None:  # type: ignore[override]
@@ -242,6 +245,17 @@ class Qwen3Scorer(nn.Module):
             options["options"] = {"cpp_wrapper": True, **options.get("options", {})}
         self.ops = {name: compile_token_dynamic(fn, **options)
                     for name, fn in ELEMENTWISE.items()}
+
+    def use_cpu_attention_kernel(self) -> bool:
+        """Attend documents over their prefix with the AMX kernel of
+        :mod:`qrank.models.cpu_attention` where it builds and runs (bf16 on the CPU); returns
+        whether it is in use."""
+        from qrank.models import cpu_attention
+
+        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
+                  and cpu_attention.load() is not None)
+        self.prefix_attention = cpu_attention.prefix_attention if usable else None
+        return usable
 
     @property
     def dtype(self) -> torch.dtype:
@@ -375,6 +389,9 @@ class Qwen3Scorer(nn.Module):
                 self._attend_causal(q, k, v, b.start, b.count, b.length, out)
                 continue
             pk, pv = pkv
+            if self.prefix_attention is not None and q.dtype == torch.bfloat16:
+                self.prefix_attention(q, k, v, pk, pv, out, b.start, b.count, b.length)
+                continue
             p, d_len = pk.shape[1], padded(b.length)
             pp = padded(p)
             kb = torch.cat((pad_seq(pk, pp, 1)[None].expand(b.count, -1, -1, -1),
