@@ -41,7 +41,8 @@ def reference(q, k, v, pk, pv, count: int, length: int, dtype: torch.dtype) -> t
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (16, 8, 128)])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"),
+                         [(4, 2, 16), (16, 8, 128), (32, 8, 128)])
 @pytest.mark.parametrize(("prefix", "count", "length"),
                          [(60, 1, 240), (7, 3, 37), (0, 2, 70), (33, 2, 1), (5, 1, 130)])
 def test_matches_sdpa_as_closely_as_sdpa_in_bf16(kernel, heads, kv_heads, head_dim, prefix,

@@ -2,13 +2,18 @@
 //
 // For each document of a bucket (count documents of `length` tokens, packed from row `start`),
 // every query row attends to the prefix's keys and to the document's keys up to its own
-// position. Per (document, kv head) the keys and values are packed once into the VNNI layout
-// of oneDNN's AMX micro-kernels (ATen's cpublas::pack), then each block of query rows of each
-// head of the group multiplies them with cpublas::brgemm; the softmax runs in float32 over the
-// whole row (the keys fit in cache), and columns past a block's last causal key are skipped.
+// position. Per (document, kv head) the keys and values are written once into the VNNI layout
+// that oneDNN's AMX micro-kernels read (ATen's cpublas::brgemm). A work item is a block of
+// query rows of one document for all the query heads of one kv head, stacked into one matrix:
+// one micro-kernel call gives their scores, a float32 softmax runs over each whole row (the
+// keys fit in cache), and one more call multiplies by the values. Key blocks past the item's
+// last causal key are skipped. With AVX-512 the softmax and the bf16 rounding are vectorized
+// by hand; elsewhere a scalar version runs.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,7 +22,8 @@
 
 namespace {
 
-constexpr int64_t KEY_BLOCK = 64;  // columns of one packed key block (oneDNN's limit is 64)
+constexpr int64_t KEY_BLOCK = 32;  // keys are padded, and cut causally, in blocks of this
+static_assert(KEY_BLOCK % 16 == 0, "score rows are processed 16 floats at a time");
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -28,38 +34,82 @@ inline uint16_t bf16_bits(float f) {  // round to nearest even; inputs are finit
   return static_cast<uint16_t>(u >> 16);
 }
 
+#if defined(__AVX512F__)
+
 // 2^t for t in [-126, 0]: a degree-5 polynomial on the fraction (relative error ~2e-6, far
-// below bf16's rounding), written so that the compiler vectorizes the loops it sits in.
-inline float exp2_nonpositive(float t) {
-  t = t < -126.f ? -126.f : t;
-  const float n = floorf(t + 0.5f), f = t - n;  // f in [-0.5, 0.5]
-  float p = 1.3333558e-3f;
-  p = p * f + 9.6181291e-3f;
-  p = p * f + 5.5504109e-2f;
-  p = p * f + 2.4022651e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
+// below bf16's rounding), scaled by 2^floor with vscalefps.
+inline __m512 exp2_nonpositive(__m512 t) {
+  t = _mm512_max_ps(t, _mm512_set1_ps(-126.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_add_ps(t, _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);  // in [-0.5, 0.5]
+  __m512 p = _mm512_set1_ps(1.3333558e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
 }
 
-// exp(scale * (s[j] - max)) for j < n as bf16 into p (zeros from n to n_end); returns their sum.
+inline void store_bf16(uint16_t* dst, __m512 x) {  // round to nearest even
+  __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
+inline __mmask16 lanes_below(int64_t j0, int64_t n) {
+  const int64_t left = n - j0;
+  return left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// exp(scale * (s[j] - max)) for j < n as bf16 into p, zeros from n to n_end (a multiple of
+// 16); returns the sum of the values.
 float exp_row(const float* s, int64_t n, int64_t n_end, float scale, uint16_t* p) {
-  float mx = -3.0e38f;
-  for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-  const float k = scale * 1.44269504f;  // to base 2
+  __m512 vmx = _mm512_set1_ps(-3.0e38f);
+  for (int64_t j0 = 0; j0 < n; j0 += 16)
+    vmx = _mm512_mask_max_ps(vmx, lanes_below(j0, n), vmx, _mm512_loadu_ps(s + j0));
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+  const __m512 k = _mm512_set1_ps(scale * 1.44269504f);  // to base 2
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < n_end; j0 += 16) {
+    const __mmask16 live = lanes_below(j0, n);
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mx), k),
+                                   _mm512_setzero_ps());
+    const __m512 e = _mm512_maskz_mov_ps(live, exp2_nonpositive(t));
+    sum = _mm512_add_ps(sum, e);
+    store_bf16(p + j0, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// dst[d] = bf16(src[d] * f) for d < D (a multiple of 16)
+inline void scale_to_bf16(const float* src, float f, int64_t D, uint16_t* dst) {
+  const __m512 vf = _mm512_set1_ps(f);
+  for (int64_t d = 0; d < D; d += 16) store_bf16(dst + d, _mm512_mul_ps(_mm512_loadu_ps(src + d), vf));
+}
+
+#else  // portable scalar fallback
+
+float exp_row(const float* s, int64_t n, int64_t n_end, float scale, uint16_t* p) {
+  float mx = s[0];
+  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, s[j]);
   float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    const float e = exp2_nonpositive((s[j] - mx) * k);
+  for (int64_t j = 0; j < n_end; ++j) {
+    const float e = j < n ? std::exp((s[j] - mx) * scale) : 0.f;
     sum += e;
     p[j] = bf16_bits(e);
   }
-  for (int64_t j = n; j < n_end; ++j) p[j] = 0;
   return sum;
 }
+
+inline void scale_to_bf16(const float* src, float f, int64_t D, uint16_t* dst) {
+  for (int64_t d = 0; d < D; ++d) dst[d] = bf16_bits(src[d] * f);
+}
+
+#endif
 
 }  // namespace
 
@@ -84,8 +134,7 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "each token's heads must be contiguous");
   TORCH_CHECK(H % KV == 0 && pk.size(0) == KV && pv.size(0) == KV && pv.size(1) == P,
               "head counts do not match");
-  const int64_t d_block = std::min<int64_t>(D, KEY_BLOCK);
-  TORCH_CHECK(D % 2 == 0 && D % d_block == 0, "head_dim must be even and divide into 64s");
+  TORCH_CHECK(D % 16 == 0 && D <= 1024, "head_dim must be a multiple of 16, at most 1024");
   TORCH_CHECK(start >= 0 && length > 0 && count > 0 && start + count * length <= q.size(0),
               "the bucket runs past the packed rows");
   const int64_t group = H / KV, n_keys = P + length, n_pad = round_up(n_keys, KEY_BLOCK);
@@ -93,78 +142,85 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
   const int64_t q_row = q.stride(0), k_row = k.stride(0), v_row = v.stride(0);
   const int64_t o_row = out.stride(0);
   const int64_t pk_h = pk.stride(0), pk_r = pk.stride(1), pv_h = pv.stride(0), pv_r = pv.stride(1);
-  const auto* qd = q.data_ptr<bf16>();
+  const auto* qd = reinterpret_cast<const uint16_t*>(q.data_ptr<bf16>());
   const auto* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<bf16>());
   const auto* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<bf16>());
   const auto* pkd = reinterpret_cast<const uint16_t*>(pk.data_ptr<bf16>());
   const auto* pvd = reinterpret_cast<const uint16_t*>(pv.data_ptr<bf16>());
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
-  // per (document, kv head): K^T [D, n_pad] and V [n_pad, D], packed in column blocks
+  // Per (document, kv head): K^T [D, n_pad] and V [n_pad, D] in the VNNI-2 layout oneDNN's
+  // bf16 micro-kernels read B in: B [K, N] stored as [K/2][N][2] (pairs of rows interleaved).
   at::Tensor packed = at::empty({count * KV, 2, D * n_pad}, q.options());
-  auto* pd = packed.data_ptr<bf16>();
+  auto* pd = reinterpret_cast<uint16_t*>(packed.data_ptr<bf16>());
 
-  // oneDNN's packed B is VNNI-2: B [K, N] stored as [K/2][N][2] (pairs of rows interleaved).
   at::parallel_for(0, count * KV, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c = i / KV, g = i % KV;
       const uint16_t* kdoc = kd + (start + c * length) * k_row + g * D;
       const uint16_t* vdoc = vd + (start + c * length) * v_row + g * D;
-      auto key = [&](int64_t j, const uint16_t* doc, const uint16_t* prefix, int64_t h_stride,
-                     int64_t r_stride, int64_t row) -> const uint16_t* {
+      auto row_of = [&](int64_t j, const uint16_t* doc, int64_t doc_row, const uint16_t* prefix,
+                        int64_t h_stride, int64_t r_stride) -> const uint16_t* {
         return j < P ? prefix + g * h_stride + j * r_stride
-               : j < n_keys ? doc + (j - P) * row : nullptr;
+               : j < n_keys ? doc + (j - P) * doc_row : nullptr;
       };
-      // K^T [D, n_pad] in blocks of KEY_BLOCK keys: block[d / 2][j][d % 2] = K[j][d], that is
-      // a transpose of 32-bit pairs
+      // K^T: element [d / 2][j][d % 2] is K[j][d], so 32-bit pairs of K transposed
       auto* kt = reinterpret_cast<uint32_t*>(pd + (i * 2) * D * n_pad);
       for (int64_t j = 0; j < n_pad; ++j) {
-        const auto* row = reinterpret_cast<const uint32_t*>(key(j, kdoc, pkd, pk_h, pk_r, k_row));
-        uint32_t* dst = kt + (j / KEY_BLOCK) * KEY_BLOCK * (D / 2) + j % KEY_BLOCK;
-        for (int64_t d2 = 0; d2 < D / 2; ++d2) dst[d2 * KEY_BLOCK] = row ? row[d2] : 0u;
+        const auto* row =
+            reinterpret_cast<const uint32_t*>(row_of(j, kdoc, k_row, pkd, pk_h, pk_r));
+        if (row) {
+          for (int64_t d2 = 0; d2 < D / 2; ++d2) kt[d2 * n_pad + j] = row[d2];
+        } else {
+          for (int64_t d2 = 0; d2 < D / 2; ++d2) kt[d2 * n_pad + j] = 0u;
+        }
       }
-      // V [n_pad, D] in blocks of d_block columns: block[j / 2][d][j % 2] = V[j][d]
-      uint16_t* vt = reinterpret_cast<uint16_t*>(pd + (i * 2 + 1) * D * n_pad);
+      // V: element [j / 2][d][j % 2] is V[j][d]
+      uint16_t* vt = pd + (i * 2 + 1) * D * n_pad;
+      static const uint16_t zeros[1024] = {};
       for (int64_t j = 0; j < n_pad; j += 2) {
-        const uint16_t* r0 = key(j, vdoc, pvd, pv_h, pv_r, v_row);
-        const uint16_t* r1 = key(j + 1, vdoc, pvd, pv_h, pv_r, v_row);
-        for (int64_t db = 0; db < D; db += d_block) {
-          uint16_t* dst = vt + db * n_pad + j * d_block;
-          for (int64_t d = 0; d < d_block; ++d) {
-            dst[2 * d] = r0 ? r0[db + d] : 0;
-            dst[2 * d + 1] = r1 ? r1[db + d] : 0;
-          }
+        const uint16_t* r0 = row_of(j, vdoc, v_row, pvd, pv_h, pv_r);
+        const uint16_t* r1 = row_of(j + 1, vdoc, v_row, pvd, pv_h, pv_r);
+        r0 = r0 ? r0 : zeros;
+        r1 = r1 ? r1 : zeros;
+        uint16_t* dst = vt + j * D;
+        for (int64_t d = 0; d < D; ++d) {
+          dst[2 * d] = r0[d];
+          dst[2 * d + 1] = r1[d];
         }
       }
     }
   });
 
+  // Each work item: q_block rows of one document for all heads of one kv head's group,
+  // stacked into one matrix, so that two micro-kernel calls (scores, then values) cover them.
   const int64_t n_blocks = (length + q_block - 1) / q_block;
   at::parallel_for(0, count * KV * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(q_block * n_pad), o(q_block * D), inv(q_block);
-    std::vector<uint16_t> p(q_block * n_pad);
+    const int64_t rows = group * q_block;
+    std::vector<uint16_t> a(rows * D), p(rows * n_pad);
+    std::vector<float> s(rows * n_pad), o(rows * D), inv(rows);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t qb = i % n_blocks, cg = i / n_blocks, c = cg / KV, g = cg % KV;
-      const int64_t i0 = qb * q_block, m = std::min(q_block, length - i0);
+      const int64_t i0 = qb * q_block, m = std::min(q_block, length - i0), mm = group * m;
       const int64_t n_cut = std::min(n_pad, round_up(P + i0 + m, KEY_BLOCK));
-      const bf16* kt = pd + (cg * 2) * D * n_pad;
-      const bf16* vt = pd + (cg * 2 + 1) * D * n_pad;
-      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-        const bf16* qp = qd + (start + c * length + i0) * q_row + h * D;
-        for (int64_t jb = 0; jb < n_cut; jb += KEY_BLOCK)
-          at::native::cpublas::brgemm(m, KEY_BLOCK, D, q_row, KEY_BLOCK, n_cut, false, qp,
-                                      kt + jb * D, s.data() + jb, true);
+      const uint16_t* kt = pd + (cg * 2) * D * n_pad;
+      const uint16_t* vt = pd + (cg * 2 + 1) * D * n_pad;
+      for (int64_t hh = 0; hh < group; ++hh)
         for (int64_t r = 0; r < m; ++r)
-          inv[r] = 1.0f / exp_row(s.data() + r * n_cut, P + i0 + r + 1, n_cut, scale,
-                                  p.data() + r * n_cut);
-        for (int64_t db = 0; db < D; db += d_block)
-          at::native::cpublas::brgemm(m, d_block, n_cut, n_cut, d_block, D, false,
-                                      reinterpret_cast<const bf16*>(p.data()),
-                                      vt + db * n_pad, o.data() + db, true);
-        for (int64_t r = 0; r < m; ++r) {
-          uint16_t* orow = od + (start + c * length + i0 + r) * o_row + h * D;
-          const float f = inv[r];
-          for (int64_t d = 0; d < D; ++d) orow[d] = bf16_bits(o[r * D + d] * f);
-        }
+          std::memcpy(a.data() + (hh * m + r) * D,
+                      qd + (start + c * length + i0 + r) * q_row + (g * group + hh) * D, D * 2);
+      at::native::cpublas::brgemm(mm, n_cut, D, D, n_pad, n_cut, false,
+                                  reinterpret_cast<const bf16*>(a.data()),
+                                  reinterpret_cast<const bf16*>(kt), s.data(), true);
+      for (int64_t hr = 0; hr < mm; ++hr)
+        inv[hr] = 1.0f / exp_row(s.data() + hr * n_cut, P + i0 + hr % m + 1, n_cut, scale,
+                                 p.data() + hr * n_cut);
+      at::native::cpublas::brgemm(mm, D, n_cut, n_cut, D, D, false,
+                                  reinterpret_cast<const bf16*>(p.data()),
+                                  reinterpret_cast<const bf16*>(vt), o.data(), true);
+      for (int64_t hr = 0; hr < mm; ++hr) {
+        const int64_t hh = hr / m, r = hr % m;
+        uint16_t* orow = od + (start + c * length + i0 + r) * o_row + (g * group + hh) * D;
+        scale_to_bf16(o.data() + hr * D, inv[hr], D, orow);
       }
     }
     at::native::cpublas::brgemm_release(true);
