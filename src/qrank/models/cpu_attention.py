@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,7 @@ def load() -> ModuleType | None:
     from torch.utils.cpp_extension import load as load_extension
 
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
+    put_ninja_on_path()
     start = time.perf_counter()
     try:
         module = load_extension("qrank_prefix_attention", [str(SOURCE)], extra_cflags=flags)
@@ -43,6 +45,18 @@ def load() -> ModuleType | None:
         return None
     logger.info("CPU attention kernel ready in %.1f s", time.perf_counter() - start)
     return module
+
+
+def put_ninja_on_path() -> None:
+    """torch builds with the ``ninja`` on PATH; the ``ninja`` package's binary is there only
+    in an activated virtual environment, so add its directory when it is installed."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(p for p in (ninja.BIN_DIR, path) if p)
 
 
 def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor,
