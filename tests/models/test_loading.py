@@ -141,21 +141,15 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_model):
         load_model(EngineArgs(str(tiny_model), device="cuda"))
 
 
-def test_compile_auto_is_for_real_sized_models_on_cpu():
-    assert EngineArgs("m").resolved_compile(1024) is True
-    assert EngineArgs("m").resolved_compile(64) is False
-    assert EngineArgs("m", device="cuda").resolved_compile(4096) is False
-    assert EngineArgs("m", compile="on").resolved_compile(64) is True
-    assert EngineArgs("m", compile=False).resolved_compile(4096) is False
-    with pytest.raises(ValueError, match="compile"):
-        EngineArgs("m", compile="sometimes")
+@pytest.mark.parametrize("option", ["compile", "cpu_attention_kernel"])
+def test_auto_options_are_for_real_sized_models_on_cpu(option):
+    def resolved(hidden_size: int, **kwargs) -> bool:
+        return getattr(EngineArgs("m", **kwargs), f"resolved_{option}")(hidden_size)
 
-
-def test_cpu_attention_kernel_auto_is_for_real_sized_models_on_cpu():
-    assert EngineArgs("m").resolved_cpu_attention_kernel(1024) is True
-    assert EngineArgs("m").resolved_cpu_attention_kernel(64) is False
-    assert EngineArgs("m", device="cuda").resolved_cpu_attention_kernel(4096) is False
-    assert EngineArgs("m", cpu_attention_kernel="on").resolved_cpu_attention_kernel(64) is True
-    assert EngineArgs("m", cpu_attention_kernel=False).resolved_cpu_attention_kernel(4096) is False
-    with pytest.raises(ValueError, match="cpu_attention_kernel"):
-        EngineArgs("m", cpu_attention_kernel="sometimes")
+    assert resolved(1024) is True
+    assert resolved(64) is False
+    assert resolved(4096, device="cuda") is False
+    assert resolved(64, **{option: "on"}) is True
+    assert resolved(4096, **{option: False}) is False
+    with pytest.raises(ValueError, match=option):
+        EngineArgs("m", **{option: "sometimes"})
