@@ -228,8 +228,8 @@ class Qwen3Scorer(nn.Module):
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention = sdpa_attention
-        # causal attention of packed sequences, over a prefix or none: None (SDPA) or a kernel
-        # with :func:`qrank.models.cpu_attention.prefix_attention`'s signature
+        # documents over a prefix: None (SDPA with a mask) or a kernel with
+        # :func:`qrank.models.cpu_attention.prefix_attention`'s signature
         self.prefix_attention: Callable[..., None] | None = None
         self.ops: dict[str, Callable[..., Any]] = dict(ELEMENTWISE)
 
@@ -247,9 +247,9 @@ class Qwen3Scorer(nn.Module):
                     for name, fn in ELEMENTWISE.items()}
 
     def use_cpu_attention_kernel(self) -> bool:
-        """Attend packed sequences (documents over their prefix, prefixes and documents alone)
-        with the AMX kernel of :mod:`qrank.models.cpu_attention` where it builds and runs (bf16
-        on the CPU); returns whether it is in use."""
+        """Attend documents over their prefix with the AMX kernel of
+        :mod:`qrank.models.cpu_attention` where it builds and runs (bf16 on the CPU); returns
+        whether it is in use."""
         from qrank.models import cpu_attention
 
         usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
@@ -405,10 +405,6 @@ class Qwen3Scorer(nn.Module):
     def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
                        count: int, length: int, out: torch.Tensor) -> None:
         """Causal attention of ``count`` packed sequences of ``length`` tokens from ``start``."""
-        if self.prefix_attention is not None and q.dtype == torch.bfloat16:
-            no_prefix = k.new_empty(k.shape[1], 0, k.shape[2])
-            self.prefix_attention(q, k, v, no_prefix, no_prefix, out, start, count, length)
-            return
         n = padded(length)
         ob = self.attention(seq_view(q, start, count, length, n),
                             seq_view(k, start, count, length, n),
