@@ -75,3 +75,7 @@ def test_rejects_inputs_it_cannot_run(kernel):
         kernel(q.float(), k, v, pk, pv, out, 0, 1, 8)
     with pytest.raises(RuntimeError, match="past the packed rows"):
         kernel(q, k, v, pk, pv, out, 0, 2, 8)
+    with pytest.raises(RuntimeError, match="past the packed rows"):
+        kernel(q, k, v, pk, pv, out[:4], 0, 1, 8)
+    with pytest.raises(RuntimeError, match="share head_dim"):
+        kernel(q, k, v, pk[..., :8], pv[..., :8], out, 0, 1, 8)

@@ -135,8 +135,15 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(H % KV == 0 && pk.size(0) == KV && pv.size(0) == KV && pv.size(1) == P,
               "head counts do not match");
   TORCH_CHECK(D % 16 == 0 && D <= 1024, "head_dim must be a multiple of 16, at most 1024");
-  TORCH_CHECK(start >= 0 && length > 0 && count > 0 && start + count * length <= q.size(0),
+  TORCH_CHECK(k.size(2) == D && v.size(2) == D && pk.size(2) == D && pv.size(2) == D &&
+              v.size(1) == KV && out.size(1) == H && out.size(2) == D,
+              "q, k, v, the prefix and out must share head_dim and head counts");
+  const int64_t rows_needed = start + count * length;
+  TORCH_CHECK(start >= 0 && length > 0 && count > 0 && rows_needed <= q.size(0) &&
+              rows_needed <= k.size(0) && rows_needed <= v.size(0) &&
+              rows_needed <= out.size(0),
               "the bucket runs past the packed rows");
+  TORCH_CHECK(q_block > 0, "q_block must be positive");
   const int64_t group = H / KV, n_keys = P + length, n_pad = round_up(n_keys, KEY_BLOCK);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t q_row = q.stride(0), k_row = k.stride(0), v_row = v.stride(0);
