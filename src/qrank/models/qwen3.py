@@ -389,7 +389,7 @@ class Qwen3Scorer(nn.Module):
                 self._attend_causal(q, k, v, b.start, b.count, b.length, out)
                 continue
             pk, pv = pkv
-            if self.prefix_attention is not None and q.dtype == torch.bfloat16:
+            if self.prefix_attention is not None:  # set only for bf16 on the CPU
                 self.prefix_attention(q, k, v, pk, pv, out, b.start, b.count, b.length)
                 continue
             p, d_len = pk.shape[1], padded(b.length)
