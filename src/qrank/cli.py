@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk = sub.add_parser("make-test-model",
                         help="write a random-weight checkpoint in the Hugging Face layout")
     mk.add_argument("out_dir")
-    mk.add_argument("--shape", default="tiny", choices=["tiny", "0.6b", "4b", "8b"])
+    mk.add_argument("--shape", default="tiny", choices=["tiny", "small", "0.6b", "4b", "8b"])
     mk.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
     mk.add_argument("--format", default="original",
                     choices=["original", "seq-cls", "seq-cls-2way"])

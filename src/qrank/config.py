@@ -21,6 +21,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# on/off/auto switches of EngineArgs
+SWITCHES = ("compile", "cpu_attention_kernel", "cpu_linear_kernel")
+
+
 @dataclass
 class EngineArgs:
     """Everything the engine needs to load a model and score pairs.
@@ -43,6 +47,7 @@ class EngineArgs:
     prefix_cache_bytes: int = 512 * 1024 * 1024
     compile: str | bool = "auto"
     cpu_attention_kernel: str | bool = "auto"
+    cpu_linear_kernel: str | bool = "auto"
     quantization: str | None = None
     seed: int = 0
     data_parallel_size: int = 1
@@ -56,15 +61,12 @@ class EngineArgs:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
-        if isinstance(self.compile, bool):
-            self.compile = "on" if self.compile else "off"
-        if self.compile not in ("auto", "on", "off"):
-            raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
-        if isinstance(self.cpu_attention_kernel, bool):
-            self.cpu_attention_kernel = "on" if self.cpu_attention_kernel else "off"
-        if self.cpu_attention_kernel not in ("auto", "on", "off"):
-            raise ValueError("cpu_attention_kernel must be auto, on or off, not "
-                             f"{self.cpu_attention_kernel!r}")
+        for name in SWITCHES:
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                setattr(self, name, "on" if value else "off")
+            elif value not in ("auto", "on", "off"):
+                raise ValueError(f"{name} must be auto, on or off, not {value!r}")
         if self.data_parallel_size < 1:
             raise ValueError("data_parallel_size must be at least 1")
         if self.data_parallel_size > 1 and self.device != "cpu":
@@ -84,17 +86,23 @@ class EngineArgs:
         """``auto`` compiles real-sized models (hidden >= COMPILE_MIN_HIDDEN) on the CPU, where
         it was measured: the fused element-wise work pays for its ~25 s first compile (cached
         on disk afterwards); tiny test models gain nothing from it."""
-        if self.compile == "auto":
-            return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
-        return self.compile == "on"
+        return self._resolved(self.compile, hidden_size)
 
     def resolved_cpu_attention_kernel(self, hidden_size: int) -> bool:
         """``auto`` uses the AMX attention kernel for real-sized models (hidden >=
         COMPILE_MIN_HIDDEN) on the CPU, where it was measured; its first build takes ~30 s
         (cached on disk afterwards). It runs in bfloat16 only; the scorer checks the rest."""
-        if self.cpu_attention_kernel == "auto":
+        return self._resolved(self.cpu_attention_kernel, hidden_size)
+
+    def resolved_cpu_linear_kernel(self, hidden_size: int) -> bool:
+        """``auto`` runs the linear layers on the AMX linear kernel for real-sized models on
+        the CPU, where it was measured; the scorer checks dtype, CPU and sizes."""
+        return self._resolved(self.cpu_linear_kernel, hidden_size)
+
+    def _resolved(self, switch: str | bool, hidden_size: int) -> bool:
+        if switch == "auto":
             return self.device == "cpu" and hidden_size >= COMPILE_MIN_HIDDEN
-        return self.cpu_attention_kernel == "on"
+        return switch == "on"
 
 
 def parse_json_dict(text: str, name: str) -> dict[str, Any]:
@@ -142,6 +150,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attend documents over their shared prefix with qrank's AMX kernel "
                         "(bfloat16 on the CPU; auto: for models with hidden size >= "
                         f"{COMPILE_MIN_HIDDEN}; the first start builds it for ~30 s; off: SDPA)")
+    g.add_argument("--cpu-linear-kernel", default="auto", choices=["auto", "on", "off"],
+                   help="run the linear layers on qrank's AMX kernel, with SiLU-up and the "
+                        "q/k norms + RoPE fused in (bfloat16 on CPUs with AMX; auto: for "
+                        f"models with hidden size >= {COMPILE_MIN_HIDDEN}; the first start "
+                        "builds it for ~30 s; off: oneDNN)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
 

@@ -24,11 +24,15 @@ VOCAB_SIZE = 151669
 LOGIT_STD = 2.0  # target spread of calibrated logits
 FORMATS = ("original", "seq-cls", "seq-cls-2way")
 
-# Real shapes of Qwen3-Reranker-0.6B/4B/8B, and a tiny one for tests.
+# Real shapes of Qwen3-Reranker-0.6B/4B/8B, and two small ones for tests ("small": every
+# size a multiple of 32, as qrank's AMX kernels take them).
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                  tie_word_embeddings=True),
+    "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                  tie_word_embeddings=True),
     "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                  tie_word_embeddings=True),
@@ -40,7 +44,7 @@ SHAPES: dict[str, dict[str, Any]] = {
                tie_word_embeddings=False),
 }
 
-CALIBRATED_SHAPES = ("tiny", "0.6b")
+CALIBRATED_SHAPES = ("tiny", "small", "0.6b")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Pairs used to calibrate the head of tiny models, varied in length and topic.

@@ -8,7 +8,7 @@ from inputs import DOCUMENTS, INSTRUCTIONS, QUERIES
 from reference import SUFFIX, CardReference, format_instruction
 
 from qrank import Reranker
-from qrank.models import cpu_attention
+from qrank.models import amx_linear, cpu_attention
 from qrank.prompts import SYSTEM_PREFIX
 
 
@@ -32,14 +32,19 @@ def fp32(tiny_model, request):
     return Reranker(str(tiny_model), dtype="float32", compile=request.param)
 
 
-@pytest.fixture(scope="module", params=[("off", "off"), ("on", "off"), ("on", "on")],
-                ids=["eager", "compiled", "compiled+cpu-attention-kernel"])
+@pytest.fixture(scope="module",
+                params=[("off", "off", "off"), ("on", "off", "off"), ("on", "on", "off"),
+                        ("on", "on", "on")],
+                ids=["eager", "compiled", "compiled+cpu-attention-kernel",
+                     "compiled+cpu-attention-and-linear-kernels"])
 def bf16(tiny_model, request):
-    compile, kernel = request.param
-    if kernel == "on" and cpu_attention.load() is None:
+    compile, attention, linear = request.param
+    if attention == "on" and cpu_attention.load() is None:
         pytest.skip("the CPU attention kernel cannot be built or run here")
+    if linear == "on" and amx_linear.load() is None:
+        pytest.skip("the AMX linear kernel cannot be built or run here")
     return Reranker(str(tiny_model), dtype="bfloat16", compile=compile,
-                    cpu_attention_kernel=kernel)
+                    cpu_attention_kernel=attention, cpu_linear_kernel=linear)
 
 
 def test_tiny_model_scores_spread_with_context(reference_scores):
@@ -98,3 +103,22 @@ def test_batches_of_new_sizes_reuse_the_warm_up_graphs(bf16):
     with torch.compiler.set_stance("fail_on_recompile"):
         for n in (1, 2, 5, len(DOCUMENTS)):
             assert len(bf16.score(QUERIES[0], DOCUMENTS[:n])) == n
+
+
+def test_bfloat16_with_the_amx_linear_kernel_agrees_within_2e2(model_factory):
+    """Every optimisation on, at a shape the AMX linear kernel takes whole (head_dim 32): the
+    q/k norms and RoPE fused into the QKV projection, SiLU·up into the gate-up projection."""
+    if amx_linear.load() is None or cpu_attention.load() is None:
+        pytest.skip("the AMX kernels cannot be built or run here")
+    model = model_factory(shape="small")
+    reference = CardReference(model, dtype=torch.float32)
+    reranker = Reranker(str(model), dtype="bfloat16", compile="on", cpu_attention_kernel="on",
+                        cpu_linear_kernel="on")
+    layer = reranker.engine.trunk.layers[0]
+    assert isinstance(layer.qkv, amx_linear.AmxQKV)
+    assert isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU)
+    want = [s for q in QUERIES for s in reference.score(q, DOCUMENTS, None)]
+    got = [s for q in QUERIES for s in reranker.score(q, DOCUMENTS, None)]
+    scores = torch.tensor(want)
+    assert scores.std() > 0.1  # a calibrated model whose scores move
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 2e-2

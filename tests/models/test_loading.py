@@ -141,7 +141,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_model):
         load_model(EngineArgs(str(tiny_model), device="cuda"))
 
 
-@pytest.mark.parametrize("option", ["compile", "cpu_attention_kernel"])
+@pytest.mark.parametrize("option", ["compile", "cpu_attention_kernel", "cpu_linear_kernel"])
 def test_auto_options_are_for_real_sized_models_on_cpu(option):
     def resolved(hidden_size: int, **kwargs) -> bool:
         return getattr(EngineArgs("m", **kwargs), f"resolved_{option}")(hidden_size)
@@ -153,3 +153,22 @@ def test_auto_options_are_for_real_sized_models_on_cpu(option):
     assert resolved(4096, **{option: False}) is False
     with pytest.raises(ValueError, match=option):
         EngineArgs("m", **{option: "sometimes"})
+
+
+def test_the_amx_linear_kernel_leaves_int8_and_unfit_models_on_their_path(tiny_model):
+    """int8 layers stay int8 (the kernel would multiply them in bf16), and a float32 model or
+    one whose sizes are not multiples of 32 keeps its linear layers."""
+    from qrank.models import amx_linear
+    from qrank.models.quant import Int8Linear
+
+    if amx_linear.load() is None:
+        pytest.skip("the AMX linear kernel cannot be built or run here")
+    quantized = load_model(EngineArgs(str(tiny_model), dtype="bfloat16", quantization="int8"))
+    assert not quantized.trunk.use_amx_linears()
+    assert isinstance(quantized.trunk.layers[0].qkv, Int8Linear)
+    fp32 = load_model(EngineArgs(str(tiny_model), dtype="float32"))
+    assert not fp32.trunk.use_amx_linears()
+    tiny = load_model(EngineArgs(str(tiny_model), dtype="bfloat16"))
+    assert tiny.trunk.use_amx_linears()  # tiny's sizes are multiples of 32; head_dim 16 is not
+    assert isinstance(tiny.trunk.layers[0].gate_up, amx_linear.AmxGateUpSiLU)
+    assert not tiny.trunk.layers[0].qkv.fuses_norm_rope(tiny.trunk.shape.head_dim)

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qrank.models.amx_linear import AmxGateUpSiLU, AmxQKV
+from qrank.models.linear import LINEARS, PackedLinear
+
 logger = logging.getLogger(__name__)
 
 # Keys and values of a prefix, one (k, v) pair per layer, each [kv_heads, prefix_len, head_dim].
@@ -257,6 +260,27 @@ class Qwen3Scorer(nn.Module):
         self.prefix_attention = cpu_attention.prefix_attention if usable else None
         return usable
 
+    def use_amx_linears(self) -> bool:
+        """Run the decoder's linear layers on qrank's AMX kernel
+        (:mod:`qrank.models.amx_linear`), with SiLU·up fused into the gate-up projection and
+        the q/k norms and RoPE into the QKV projection, where it builds and runs (bf16 on a
+        CPU with AMX, sizes multiples of 32); returns whether it is in use."""
+        from qrank.models import amx_linear
+
+        layers = [(block, name) for block in self.layers for name in LINEARS]
+        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
+                  and all(type(getattr(b, n)) in (nn.Linear, PackedLinear)  # not int8
+                          and amx_linear.can_use(getattr(b, n).weight) for b, n in layers)
+                  and amx_linear.load() is not None)
+        if not usable:
+            return False
+        # o_proj and down stay on oneDNN, which multiplies faster than the kernel alone
+        kinds = {"qkv": amx_linear.AmxQKV, "gate_up": amx_linear.AmxGateUpSiLU}
+        for block, name in layers:
+            if name in kinds:
+                setattr(block, name, kinds[name](getattr(block, name).weight))
+        return True
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
@@ -342,8 +366,7 @@ class Qwen3Scorer(nn.Module):
                 h = ops["rms_norm"](x, layer.input_norm.weight, eps)
             else:
                 x, h = ops["add_rms_norm"](x, delta, layer.input_norm.weight, eps)
-            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight, layer.k_norm.weight,
-                                          cos, sin, eps, shape.num_heads, shape.num_kv_heads)
+            q, k, v = self._qkv(layer, h, cos, sin)
             # Padded views read the tail's keys and values: zero, so they can never be inf or
             # NaN (a zero attention weight times NaN is NaN).
             k[plan.num_tokens :] = 0
@@ -366,10 +389,24 @@ class Qwen3Scorer(nn.Module):
                 x = x[last_rows]
             x, h = ops["add_rms_norm"](x, layer.o_proj(attn.flatten(1)), layer.post_norm.weight,
                                        eps)
-            delta = layer.down(ops["silu_and_mul"](layer.gate_up(h)))
+            act = layer.gate_up(h)
+            if not isinstance(layer.gate_up, AmxGateUpSiLU):  # else already silu(gate) * up
+                act = ops["silu_and_mul"](act)
+            delta = layer.down(act)
         assert delta is not None, "a model has at least one layer"
         _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)
         return out, plan.doc_order, kept
+
+    def _qkv(self, layer: Qwen3Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, H, d], k and v [T, Hkv, d]: the QKV projection, q/k norms and RoPE."""
+        shape, eps = self.shape, self.shape.rms_norm_eps
+        args = (layer.q_norm.weight, layer.k_norm.weight, cos, sin, eps, shape.num_heads,
+                shape.num_kv_heads)
+        if isinstance(layer.qkv, AmxQKV) and layer.qkv.fuses_norm_rope(shape.head_dim):
+            qkv = layer.qkv.norm_rope(h, *args).unflatten(-1, (-1, shape.head_dim))
+            return qkv.split([shape.num_heads, shape.num_kv_heads, shape.num_kv_heads], dim=1)
+        return self.ops["qk_norm_rope"](layer.qkv(h), *args)
 
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],

@@ -1,0 +1,121 @@
+"""The decoder's linear layers on AMX tiles, with the element-wise work after them fused in.
+
+``csrc/amx_linear.cpp`` multiplies bf16 activations by weights packed once at load time and
+turns each group of finished output columns into its result while it is still in cache: the
+gate-up projection writes ``silu(gate) * up`` (never its [tokens, 2 x intermediate] product),
+and the QKV projection writes q and k already RMS-normed and rotated by RoPE. Built on first
+use by :mod:`qrank.models.cpu_kernels`; where it cannot be built or the CPU has no AMX,
+:func:`load` returns ``None`` and the layers stay on oneDNN.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from qrank.models import cpu_kernels
+
+BLOCK_N = 32  # output columns per packed weight block
+
+
+def load() -> ModuleType | None:
+    """The compiled kernel, or ``None`` where it cannot be built or run (logged)."""
+    return cpu_kernels.load("amx_linear.cpp", ("-mamx-tile", "-mamx-bf16"))
+
+
+def can_use(weight: torch.Tensor) -> bool:
+    """Whether the kernel takes this [out, in] weight: bf16 on the CPU, both sizes multiples
+    of 32."""
+    out_features, in_features = weight.shape
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+            and out_features % BLOCK_N == 0 and in_features % 32 == 0)
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] -> [out / 32, in / 2, 32, 2]: blocks of 32 output columns in the VNNI layout
+    the tiles read (pairs of input rows interleaved)."""
+    n, k = weight.shape
+    return weight.reshape(n // BLOCK_N, BLOCK_N, k // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_weight(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_weight`."""
+    blocks, half_k = packed.shape[:2]
+    return packed.permute(0, 2, 1, 3).reshape(blocks * BLOCK_N, half_k * 2)
+
+
+def interleave_halves(weight: torch.Tensor) -> torch.Tensor:
+    """[gate; up] -> blocks of 32 rows alternating gate and up, so one thread computes both
+    halves of each output column block."""
+    n, k = weight.shape
+    gate, up = weight.reshape(2, n // 2 // BLOCK_N, BLOCK_N, k).unbind(0)
+    return torch.stack((gate, up), dim=1).reshape(n, k)
+
+
+def split_halves(weight: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`interleave_halves`."""
+    n, k = weight.shape
+    pairs = weight.reshape(n // 2 // BLOCK_N, 2, BLOCK_N, k)
+    return torch.cat((pairs[:, 0].reshape(n // 2, k), pairs[:, 1].reshape(n // 2, k)))
+
+
+class AmxLinear(nn.Module):
+    """A bias-free linear layer on AMX tiles."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed = pack_weight(weight.detach())
+        self.kernel = kernel()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight in its plain [out, in] layout (a copy)."""
+        return unpack_weight(self.packed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.linear(x, self.packed)
+
+
+class AmxQKV(AmxLinear):
+    """The fused QKV projection; :meth:`norm_rope` also applies the q/k norms and RoPE."""
+
+    @staticmethod
+    def fuses_norm_rope(head_dim: int) -> bool:
+        """Whether :meth:`norm_rope` takes heads of this size (multiples of 32, up to 1024)."""
+        return head_dim % 32 == 0 and head_dim <= 1024
+
+    def norm_rope(self, x: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
+                  cos: torch.Tensor, sin: torch.Tensor, eps: float, num_heads: int,
+                  num_kv_heads: int) -> torch.Tensor:
+        """[tokens, (heads + 2 kv heads) x head_dim]: q and k heads normed and rotated."""
+        return self.kernel.linear_norm_rope(x, self.packed, q_norm, k_norm, cos, sin, eps,
+                                         num_heads, num_kv_heads)
+
+
+class AmxGateUpSiLU(nn.Module):
+    """The fused gate-up projection that returns ``silu(gate) * up`` [tokens, intermediate]."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed = pack_weight(interleave_halves(weight.detach()))
+        self.kernel = kernel()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The [gate; up] weight in its plain [out, in] layout (a copy)."""
+        return split_halves(unpack_weight(self.packed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.linear_silu_mul(x, self.packed)
+
+
+def kernel() -> ModuleType:
+    """The compiled kernel; raises where it is not available."""
+    module = load()
+    if module is None:
+        raise RuntimeError("the AMX linear kernel is not available")
+    return module

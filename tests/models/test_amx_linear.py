@@ -1,0 +1,117 @@
+"""qrank's AMX linear kernel against float32 references: plain, SiLU·up and QKV norm + RoPE."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qrank.models import amx_linear
+from qrank.models.qwen3 import qk_norm_rope, silu_and_mul
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    if amx_linear.load() is None:
+        pytest.skip("the AMX linear kernel cannot be built or run here")
+
+
+def bf16_error_bar(want: torch.Tensor) -> float:
+    """What bf16 rounding of the output alone costs: the kernel may be off by twice that."""
+    return 2 * (want.to(torch.bfloat16).float() - want).abs().max().item() + 1e-3
+
+
+def rope_tables(rows: int, d: int, start: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    freqs = (torch.arange(rows, dtype=torch.float32) + start)[:, None] * inv[None]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
+
+
+def draw(rows: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(torch.bfloat16)
+    return x, w
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 64, 64), (5, 64, 128), (32, 1024, 4096),
+                                      (33, 1024, 1024), (300, 2048, 1024), (77, 3072, 96)])
+def test_linear_matches_float32(rows, k, n):
+    x, w = draw(rows, k, n)
+    want = F.linear(x.float(), w.float())
+    got = amx_linear.AmxLinear(w)(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+    assert (got.float() - want).abs().max().item() <= bf16_error_bar(want)
+
+
+def test_linear_reads_strided_rows_and_no_rows():
+    x, w = draw(40, 256, 64)
+    wide = torch.cat((x, torch.zeros(40, 64, dtype=torch.bfloat16)), dim=1)[:, :256]
+    assert wide.stride(0) == 320
+    layer = amx_linear.AmxLinear(w)
+    assert torch.equal(layer(wide), layer(x))
+    assert layer(x[:0]).shape == (0, 64)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, w = draw(200, 1024, 1024)
+    layer = amx_linear.AmxLinear(w)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = layer(x)
+        torch.set_num_threads(max(2, threads))
+        assert torch.equal(layer(x), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("rows,k,inter", [(3, 64, 64), (45, 1024, 3072), (260, 128, 256)])
+def test_silu_mul_matches_float32(rows, k, inter):
+    x, w = draw(rows, k, 2 * inter, seed=1)
+    want = silu_and_mul(F.linear(x.float(), w.float()))
+    layer = amx_linear.AmxGateUpSiLU(w)
+    got = layer(x)
+    assert got.shape == (rows, inter)
+    assert (got.float() - want).abs().max().item() <= bf16_error_bar(want)
+    assert torch.equal(layer.weight, w)  # the interleaved packing undoes exactly
+
+
+@pytest.mark.parametrize("rows,heads,kv_heads,d", [(1, 4, 2, 32), (50, 16, 8, 128),
+                                                    (129, 2, 1, 64)])
+def test_norm_rope_matches_float32(rows, heads, kv_heads, d):
+    hidden = 256
+    x, w = draw(rows, hidden, (heads + 2 * kv_heads) * d, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    q_norm = (1 + 0.2 * torch.randn(d, generator=gen)).to(torch.bfloat16)
+    k_norm = (1 + 0.2 * torch.randn(d, generator=gen)).to(torch.bfloat16)
+    cos, sin = rope_tables(rows, d)
+    q, k, v = qk_norm_rope(F.linear(x.float(), w.float()), q_norm.float(), k_norm.float(),
+                           cos.float(), sin.float(), 1e-6, heads, kv_heads)
+    want = torch.cat((q.flatten(1), k.flatten(1), v.flatten(1)), dim=1)
+    layer = amx_linear.AmxQKV(w)
+    assert layer.fuses_norm_rope(d)
+    got = layer.norm_rope(x, q_norm, k_norm, cos, sin, 1e-6, heads, kv_heads)
+    assert (got.float() - want).abs().max().item() <= bf16_error_bar(want)
+    assert torch.equal(layer.weight, w)
+
+
+def test_bad_inputs_raise_instead_of_reading_past_the_tensors():
+    x, w = draw(4, 64, 64)
+    layer = amx_linear.AmxLinear(w)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        layer.kernel.linear(x.float(), layer.packed)
+    with pytest.raises(RuntimeError, match="in features"):
+        layer.kernel.linear(torch.zeros(4, 96, dtype=torch.bfloat16), layer.packed)
+    with pytest.raises(RuntimeError, match="contiguous rows"):
+        layer.kernel.linear(x.t(), layer.packed)
+    with pytest.raises(RuntimeError, match="pair up"):
+        layer.kernel.linear_silu_mul(x, amx_linear.pack_weight(w[:32]))
+    qkv = amx_linear.AmxQKV(draw(4, 64, 4 * 32)[1])
+    cos, sin = rope_tables(4, 32)
+    norm = torch.ones(32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="heads"):
+        qkv.norm_rope(x, norm, norm, cos, sin, 1e-6, 4, 2)
+    with pytest.raises(RuntimeError, match="cos and sin"):
+        qkv.norm_rope(x, norm, norm, cos[:2], sin[:2], 1e-6, 2, 1)
+    assert not amx_linear.can_use(torch.zeros(48, 64, dtype=torch.bfloat16))
+    assert not amx_linear.can_use(torch.zeros(64, 64))
