@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "vec_math.h"
@@ -87,6 +89,74 @@ inline void scale_to_bf16(const float* src, float f, int64_t D, uint16_t* dst) {
 
 #endif
 
+#if defined(__AVX512BW__)
+
+// Transposes 16 rows of 16 32-bit values in place: r[c] becomes column c.
+inline void transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + c], 128-bit lane L: rows 4i..4i+3 of column 4L + c
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);
+    const __m512i b = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+    const __m512i e = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512i f = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+    t[c] = _mm512_shuffle_i32x4(a, e, 0x88);
+    t[c + 8] = _mm512_shuffle_i32x4(a, e, 0xdd);
+    t[c + 4] = _mm512_shuffle_i32x4(b, f, 0x88);
+    t[c + 12] = _mm512_shuffle_i32x4(b, f, 0xdd);
+  }
+  for (int c = 0; c < 16; ++c) r[c] = t[c];
+}
+
+// K^T and V of one (document, kv head) in the VNNI layout, 16 keys at a time: rows(j) gives
+// key j's K and V rows (null past the last key: zeros). D is a multiple of 32.
+template <class Rows>
+void pack_keys_values(uint32_t* kt, uint16_t* vt, int64_t D, int64_t n_pad, const Rows& rows) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i idx_lo, idx_hi;  // interleave two rows of 32 bf16: a0 b0 a1 b1 ...
+  {
+    alignas(64) uint16_t lo[32], hi[32];
+    for (int i = 0; i < 16; ++i) {
+      lo[2 * i] = i; lo[2 * i + 1] = 32 + i;
+      hi[2 * i] = 16 + i; hi[2 * i + 1] = 48 + i;
+    }
+    idx_lo = _mm512_load_si512(lo);
+    idx_hi = _mm512_load_si512(hi);
+  }
+  for (int64_t j0 = 0; j0 < n_pad; j0 += 16) {
+    const uint16_t* krow[16];
+    const uint16_t* vrow[16];
+    for (int t = 0; t < 16; ++t) std::tie(krow[t], vrow[t]) = rows(j0 + t);
+    for (int64_t d2 = 0; d2 < D / 2; d2 += 16) {
+      __m512i r[16];
+      for (int t = 0; t < 16; ++t)
+        r[t] = krow[t] ? _mm512_loadu_si512(krow[t] + 2 * d2) : zero;
+      transpose16x16(r);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(kt + (d2 + c) * n_pad + j0, r[c]);
+    }
+    for (int t = 0; t < 16; t += 2) {
+      uint16_t* dst = vt + (j0 + t) * D;
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512i a = vrow[t] ? _mm512_loadu_si512(vrow[t] + d) : zero;
+        const __m512i b = vrow[t + 1] ? _mm512_loadu_si512(vrow[t + 1] + d) : zero;
+        _mm512_storeu_si512(dst + 2 * d, _mm512_permutex2var_epi16(a, idx_lo, b));
+        _mm512_storeu_si512(dst + 2 * d + 32, _mm512_permutex2var_epi16(a, idx_hi, b));
+      }
+    }
+  }
+}
+
+#endif
+
 }  // namespace
 
 bool supported() { return at::native::cpublas::could_pack(at::kBFloat16); }
@@ -148,6 +218,16 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
       };
       // K^T: element [d / 2][j][d % 2] is K[j][d], so 32-bit pairs of K transposed
       auto* kt = reinterpret_cast<uint32_t*>(pd + (i * 2) * D * n_pad);
+      uint16_t* vt = pd + (i * 2 + 1) * D * n_pad;
+#if defined(__AVX512BW__)
+      if (D % 32 == 0) {
+        pack_keys_values(kt, vt, D, n_pad, [&](int64_t j) {
+          return std::make_pair(row_of(j, kdoc, k_row, pkd, pk_h, pk_r),
+                                row_of(j, vdoc, v_row, pvd, pv_h, pv_r));
+        });
+        continue;
+      }
+#endif
       for (int64_t j = 0; j < n_pad; ++j) {
         const auto* row =
             reinterpret_cast<const uint32_t*>(row_of(j, kdoc, k_row, pkd, pk_h, pk_r));
@@ -158,7 +238,6 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
         }
       }
       // V: element [j / 2][d][j % 2] is V[j][d]
-      uint16_t* vt = pd + (i * 2 + 1) * D * n_pad;
       static const uint16_t zeros[1024] = {};
       for (int64_t j = 0; j < n_pad; j += 2) {
         const uint16_t* r0 = row_of(j, vdoc, v_row, pvd, pv_h, pv_r);
