@@ -52,7 +52,8 @@ float exp_row(const float* s, int64_t n, int64_t n_end, float scale, uint16_t* p
   const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
   const __m512 k = _mm512_set1_ps(scale * 1.44269504f);  // to base 2
   __m512 sum = _mm512_setzero_ps();
-  for (int64_t j0 = 0; j0 < n_end; j0 += 16) {
+  int64_t j0 = 0;
+  for (; j0 < n; j0 += 16) {
     const __mmask16 live = lanes_below(j0, n);
     const __m512 t = _mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mx), k),
                                    _mm512_setzero_ps());
@@ -60,6 +61,8 @@ float exp_row(const float* s, int64_t n, int64_t n_end, float scale, uint16_t* p
     sum = _mm512_add_ps(sum, e);
     store_bf16(p + j0, e);
   }
+  for (; j0 < n_end; j0 += 16)  // past the causal end: zeros
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j0), _mm256_setzero_si256());
   return _mm512_reduce_add_ps(sum);
 }
 

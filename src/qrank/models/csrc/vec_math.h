@@ -43,11 +43,16 @@ inline __m512 exp2_nonpositive(__m512 t) {
 }
 
 inline void store_bf16(uint16_t* dst, __m512 x) {  // round to nearest even
+#if defined(__AVX512BF16__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)));
+#else
   __m512i u = _mm512_castps_si512(x);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
                       _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+#endif
 }
 
 inline __m512 load_bf16(const uint16_t* src) {  // 16 bf16 values as float32
