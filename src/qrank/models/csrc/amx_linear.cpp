@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "vec_math.h"
@@ -210,6 +211,18 @@ void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit, int
   });
 }
 
+// Writes the 32 bf16 outputs of each (row, unit) of a finished group; value(u, r) gives them
+// as two halves of 16 floats.
+template <class Value>
+void write_units(uint16_t* out, int64_t ldo, int64_t m0, int64_t rows, int64_t u0, int64_t n,
+                 const Value& value) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t u = 0; u < n; ++u) {
+      const auto [lo, hi] = value(u, r);
+      store_bf16x32(out + (m0 + r) * ldo + (u0 + u) * BLOCK_N, lo, hi);
+    }
+}
+
 inline __m512 silu(__m512 g) {  // g * sigmoid(g), with exp of -|g| only
   const __m512 one = _mm512_set1_ps(1.f);
   const __m512 e = exp2_nonpositive(
@@ -248,45 +261,59 @@ bool supported_here() {
 
 bool supported() { return supported_here(); }
 
-// x [M, K] @ W^T -> [M, N] bf16; wp is W packed by pack_weight.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& wp) {
-  check_operands(x, wp, 1);
-  at::Tensor out = at::empty({x.size(0), wp.size(0) * BLOCK_N}, x.options());
 #if defined(QRANK_AMX)
+
+namespace {
+
+// out [M, units x 32] from a unit's results, value(res, u, r) giving row r's two halves.
+template <class Value>
+at::Tensor unit_wise_linear(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit,
+                            const Value& value) {
+  check_operands(x, wp, blocks_per_unit);
+  at::Tensor out = at::empty({x.size(0), wp.size(0) / blocks_per_unit * BLOCK_N}, x.options());
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t ldo = out.size(1);
-  run(x, wp, 1, 1, [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t u = 0; u < n; ++u) {
-        const float* a = res.row(u, r);
-        store_bf16x32(od + (m0 + r) * ldo + (u0 + u) * BLOCK_N, _mm512_loadu_ps(a),
-                      _mm512_loadu_ps(a + 16));
-      }
-  });
-#endif
+  run(x, wp, blocks_per_unit, 1,
+      [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
+        write_units(od, ldo, m0, rows, u0, n,
+                    [&](int64_t u, int64_t r) { return value(res, u, r); });
+      });
   return out;
 }
 
-// x [M, K] @ [gate; up]^T -> silu(gate) * up [M, N / 2]; wp packed with interleave_blocks.
+}  // namespace
+
+// x [M, K] @ W^T -> [M, N] bf16; wp is W packed by pack_weight.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& wp) {
+  return unit_wise_linear(x, wp, 1, [](const Results& res, int64_t u, int64_t r) {
+    const float* a = res.row(u, r);
+    return std::make_pair(_mm512_loadu_ps(a), _mm512_loadu_ps(a + 16));
+  });
+}
+
+// x [M, K] @ [gate; up]^T -> silu(gate) * up [M, N / 2]; wp packed from interleave_halves.
+at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
+  return unit_wise_linear(x, wp, 2, [](const Results& res, int64_t u, int64_t r) {
+    const float* g = res.row(u, r);
+    const float* up = res.row(u, r, 1);
+    return std::make_pair(_mm512_mul_ps(silu(_mm512_loadu_ps(g)), _mm512_loadu_ps(up)),
+                          _mm512_mul_ps(silu(_mm512_loadu_ps(g + 16)), _mm512_loadu_ps(up + 16)));
+  });
+}
+
+#else  // without AMX code the operands' check raises
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& wp) {
+  check_operands(x, wp, 1);
+  return {};
+}
+
 at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
   check_operands(x, wp, 2);
-  at::Tensor out = at::empty({x.size(0), wp.size(0) / 2 * BLOCK_N}, x.options());
-#if defined(QRANK_AMX)
-  auto* od = reinterpret_cast<uint16_t*>(out.data_ptr());
-  const int64_t ldo = out.size(1);
-  run(x, wp, 2, 1, [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t u = 0; u < n; ++u) {
-        const float* g = res.row(u, r);
-        const float* up = res.row(u, r, 1);
-        store_bf16x32(od + (m0 + r) * ldo + (u0 + u) * BLOCK_N,
-                      _mm512_mul_ps(silu(_mm512_loadu_ps(g)), _mm512_loadu_ps(up)),
-                      _mm512_mul_ps(silu(_mm512_loadu_ps(g + 16)), _mm512_loadu_ps(up + 16)));
-      }
-  });
-#endif
-  return out;
+  return {};
 }
+
+#endif
 
 // The fused QKV projection [M, (H + 2 Hkv) D] with q and k heads RMS-normed (q_norm, k_norm
 // [D]) and rotated by RoPE (cos, sin [M, D], bf16; the second half of each row repeats the
