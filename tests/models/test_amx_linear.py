@@ -113,5 +113,5 @@ def test_bad_inputs_raise_instead_of_reading_past_the_tensors():
         qkv.norm_rope(x, norm, norm, cos, sin, 1e-6, 4, 2)
     with pytest.raises(RuntimeError, match="cos and sin"):
         qkv.norm_rope(x, norm, norm, cos[:2], sin[:2], 1e-6, 2, 1)
-    assert not amx_linear.can_use(torch.zeros(48, 64, dtype=torch.bfloat16))
-    assert not amx_linear.can_use(torch.zeros(64, 64))
+    assert not amx_linear.fits(48, 64) and not amx_linear.fits(64, 48)
+    assert amx_linear.fits(64, 64)

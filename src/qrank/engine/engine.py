@@ -64,7 +64,7 @@ class Engine:
                 and not self.trunk.use_amx_linears()):
             log = logger.warning if args.cpu_linear_kernel == "on" else logger.info
             log("the AMX linear kernel is not in use (it runs bfloat16 on CPUs with AMX, sizes "
-                "multiples of 32, no int8); the linear layers stay on oneDNN")
+                "multiples of 32, no int8); the projections stay on oneDNN")
         if args.resolved_compile(self.trunk.shape.hidden_size):
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()

@@ -25,12 +25,9 @@ def load() -> ModuleType | None:
     return cpu_kernels.load("amx_linear.cpp", ("-mamx-tile", "-mamx-bf16"))
 
 
-def can_use(weight: torch.Tensor) -> bool:
-    """Whether the kernel takes this [out, in] weight: bf16 on the CPU, both sizes multiples
-    of 32."""
-    out_features, in_features = weight.shape
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and out_features % BLOCK_N == 0 and in_features % 32 == 0)
+def fits(out_features: int, in_features: int) -> bool:
+    """Whether the kernel takes a layer of these sizes: both multiples of 32."""
+    return out_features % BLOCK_N == 0 and in_features % 32 == 0
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrank.models.amx_linear import AmxGateUpSiLU, AmxQKV
-from qrank.models.linear import LINEARS, PackedLinear
+from qrank.models import amx_linear
+from qrank.models.linear import PackedLinear
 
 logger = logging.getLogger(__name__)
 
@@ -261,25 +261,22 @@ class Qwen3Scorer(nn.Module):
         return usable
 
     def use_amx_linears(self) -> bool:
-        """Run the decoder's linear layers on qrank's AMX kernel
-        (:mod:`qrank.models.amx_linear`), with SiLU·up fused into the gate-up projection and
-        the q/k norms and RoPE into the QKV projection, where it builds and runs (bf16 on a
-        CPU with AMX, sizes multiples of 32); returns whether it is in use."""
-        from qrank.models import amx_linear
-
-        layers = [(block, name) for block in self.layers for name in LINEARS]
-        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
-                  and all(type(getattr(b, n)) in (nn.Linear, PackedLinear)  # not int8
-                          and amx_linear.can_use(getattr(b, n).weight) for b, n in layers)
-                  and amx_linear.load() is not None)
-        if not usable:
-            return False
-        # o_proj and down stay on oneDNN, which multiplies faster than the kernel alone
+        """Run the QKV and gate-up projections on qrank's AMX kernel
+        (:mod:`qrank.models.amx_linear`), with the q/k norms and RoPE fused into the first and
+        SiLU·up into the second, where it builds and runs (bf16 on a CPU with AMX, sizes
+        multiples of 32, not int8); returns whether it is in use. ``o_proj`` and ``down`` stay
+        on oneDNN, which multiplies faster than the kernel alone (README)."""
         kinds = {"qkv": amx_linear.AmxQKV, "gate_up": amx_linear.AmxGateUpSiLU}
-        for block, name in layers:
-            if name in kinds:
+        targets = [(block, name) for block in self.layers for name in kinds]
+        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
+                  and all(type(getattr(b, n)) in (nn.Linear, PackedLinear)
+                          and amx_linear.fits(getattr(b, n).out_features,
+                                              getattr(b, n).in_features) for b, n in targets)
+                  and amx_linear.load() is not None)
+        if usable:
+            for block, name in targets:
                 setattr(block, name, kinds[name](getattr(block, name).weight))
-        return True
+        return usable
 
     @property
     def dtype(self) -> torch.dtype:
@@ -389,8 +386,8 @@ class Qwen3Scorer(nn.Module):
                 x = x[last_rows]
             x, h = ops["add_rms_norm"](x, layer.o_proj(attn.flatten(1)), layer.post_norm.weight,
                                        eps)
-            act = layer.gate_up(h)
-            if not isinstance(layer.gate_up, AmxGateUpSiLU):  # else already silu(gate) * up
+            act = layer.gate_up(h)  # the AMX kernel's is already silu(gate) * up
+            if not isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
                 act = ops["silu_and_mul"](act)
             delta = layer.down(act)
         assert delta is not None, "a model has at least one layer"
@@ -403,7 +400,8 @@ class Qwen3Scorer(nn.Module):
         shape, eps = self.shape, self.shape.rms_norm_eps
         args = (layer.q_norm.weight, layer.k_norm.weight, cos, sin, eps, shape.num_heads,
                 shape.num_kv_heads)
-        if isinstance(layer.qkv, AmxQKV) and layer.qkv.fuses_norm_rope(shape.head_dim):
+        if (isinstance(layer.qkv, amx_linear.AmxQKV)
+                and layer.qkv.fuses_norm_rope(shape.head_dim)):
             qkv = layer.qkv.norm_rope(h, *args).unflatten(-1, (-1, shape.head_dim))
             return qkv.split([shape.num_heads, shape.num_kv_heads, shape.num_kv_heads], dim=1)
         return self.ops["qk_norm_rope"](layer.qkv(h), *args)
