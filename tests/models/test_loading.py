@@ -141,7 +141,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_model):
         load_model(EngineArgs(str(tiny_model), device="cuda"))
 
 
-@pytest.mark.parametrize("option", ["compile", "cpu_attention_kernel", "cpu_linear_kernel"])
+@pytest.mark.parametrize("option", ["compile", "cpu_attention_kernel"])
 def test_auto_options_are_for_real_sized_models_on_cpu(option):
     def resolved(hidden_size: int, **kwargs) -> bool:
         return getattr(EngineArgs("m", **kwargs), f"resolved_{option}")(hidden_size)
@@ -153,6 +153,15 @@ def test_auto_options_are_for_real_sized_models_on_cpu(option):
     assert resolved(4096, **{option: False}) is False
     with pytest.raises(ValueError, match=option):
         EngineArgs("m", **{option: "sometimes"})
+
+
+def test_the_amx_linear_kernel_is_opt_in():
+    args = EngineArgs("m")
+    assert args.resolved_cpu_linear_kernel(1024) is False
+    assert EngineArgs("m", cpu_linear_kernel="on").resolved_cpu_linear_kernel(64) is True
+    assert EngineArgs("m", cpu_linear_kernel=True).cpu_linear_kernel == "on"
+    with pytest.raises(ValueError, match="cpu_linear_kernel"):
+        EngineArgs("m", cpu_linear_kernel="sometimes")
 
 
 def test_the_amx_linear_kernel_leaves_int8_and_unfit_models_on_their_path(tiny_model):
