@@ -89,11 +89,12 @@ inline void store_bf16x32(uint16_t* dst, __m512 lo, __m512 hi) {  // round to ne
   _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
 }
 
-// Rows [r0, r0 + rows) of x into xt as [rows_pad / 16][K / 32][16][32] tiles; zero rows after.
-void pack_rows(const uint16_t* x, int64_t ldx, int64_t r0, int64_t rows, int64_t rows_pad,
-               int64_t K, uint16_t* xt) {
+// Rows [r0, r0 + rows) of x (rows <= 32) into xt as one 32-row chunk of tiles,
+// [2][K / 32][16][32]; zero rows after the last.
+void pack_chunk(const uint16_t* x, int64_t ldx, int64_t r0, int64_t rows, int64_t K,
+                uint16_t* xt) {
   const int64_t kt = K / 32;
-  for (int64_t r = 0; r < rows_pad; ++r) {
+  for (int64_t r = 0; r < 32; ++r) {
     uint16_t* dst = xt + ((r / 16) * kt * 16 + r % 16) * 32;
     const uint16_t* src = x + (r0 + r) * ldx;
     for (int64_t k = 0; k < kt; ++k)
@@ -171,9 +172,8 @@ void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit, int
   auto* xt = reinterpret_cast<uint16_t*>(x_tiles.data_ptr());
   at::parallel_for(0, m_pad / 32, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      pack_rows(xd, ldx, c * 32, std::min<int64_t>(32, M - c * 32), 32, K, xt + c * 32 * K);
+      pack_chunk(xd, ldx, c * 32, std::min<int64_t>(32, M - c * 32), K, xt + c * 32 * K);
   });
-  request_amx();
   at::parallel_for(0, col_parts * row_parts, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();
     std::vector<float> acc(group * blocks_per_unit * unit_stride);

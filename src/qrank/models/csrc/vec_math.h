@@ -17,13 +17,6 @@ inline uint16_t bf16_bits(float f) {  // round to nearest even; inputs are finit
   return static_cast<uint16_t>(u >> 16);
 }
 
-inline float bf16_value(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 #if defined(__AVX512F__)
 
 // 2^t for t in [-126, 0]: a degree-5 polynomial on the fraction (relative error ~2e-6, far
