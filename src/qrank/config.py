@@ -95,11 +95,11 @@ class EngineArgs:
         return self._resolved(self.cpu_attention_kernel, hidden_size)
 
     def resolved_cpu_linear_kernel(self, hidden_size: int) -> bool:
-        """``on`` runs the QKV and gate-up projections on the AMX linear kernel (the scorer
-        checks dtype, CPU and sizes); ``auto`` leaves them on oneDNN: each fused projection is
-        faster alone, but whole runs measured level with oneDNN in separate processes
-        (README), not worth the kernel's first build."""
-        return self.cpu_linear_kernel == "on"
+        """``auto`` runs the gate-up projection with SiLU·up fused in on the AMX linear kernel
+        for real-sized models (hidden >= COMPILE_MIN_HIDDEN) on the CPU, where it was
+        measured faster than oneDNN + the compiled SiLU·up; its first build takes ~30 s
+        (cached on disk afterwards). The scorer checks dtype, CPU and sizes."""
+        return self._resolved(self.cpu_linear_kernel, hidden_size)
 
     def _resolved(self, switch: str | bool, hidden_size: int) -> bool:
         if switch == "auto":
@@ -153,9 +153,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "(bfloat16 on the CPU; auto: for models with hidden size >= "
                         f"{COMPILE_MIN_HIDDEN}; the first start builds it for ~30 s; off: SDPA)")
     g.add_argument("--cpu-linear-kernel", default="auto", choices=["auto", "on", "off"],
-                   help="run the QKV and gate-up projections on qrank's AMX kernel, with the "
-                        "q/k norms + RoPE and SiLU-up fused in (bfloat16 on CPUs with AMX; the "
-                        "first start builds it for ~30 s; auto and off: oneDNN)")
+                   help="run the gate-up projection on qrank's AMX kernel with SiLU-up fused "
+                        "in (bfloat16 on CPUs with AMX; the first start builds it for ~30 s; "
+                        "auto: on for real-sized models on the CPU; off: oneDNN)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
 

@@ -1,11 +1,11 @@
-"""qrank's AMX linear kernel against float32 references: plain, SiLU·up and QKV norm + RoPE."""
+"""qrank's AMX linear kernel against float32 references: the plain product and SiLU·up."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from qrank.models import amx_linear
-from qrank.models.qwen3 import qk_norm_rope, silu_and_mul
+from qrank.models.qwen3 import silu_and_mul
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -17,13 +17,6 @@ def kernel():
 def bf16_error_bar(want: torch.Tensor) -> float:
     """What bf16 rounding of the output alone costs: the kernel may be off by twice that."""
     return 2 * (want.to(torch.bfloat16).float() - want).abs().max().item() + 1e-3
-
-
-def rope_tables(rows: int, d: int, start: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-    freqs = (torch.arange(rows, dtype=torch.float32) + start)[:, None] * inv[None]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
 
 
 def draw(rows: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,25 +69,6 @@ def test_silu_mul_matches_float32(rows, k, inter):
     assert torch.equal(layer.weight, w)  # the interleaved packing undoes exactly
 
 
-@pytest.mark.parametrize("rows,heads,kv_heads,d", [(1, 4, 2, 32), (50, 16, 8, 128),
-                                                    (129, 2, 1, 64)])
-def test_norm_rope_matches_float32(rows, heads, kv_heads, d):
-    hidden = 256
-    x, w = draw(rows, hidden, (heads + 2 * kv_heads) * d, seed=2)
-    gen = torch.Generator().manual_seed(3)
-    q_norm = (1 + 0.2 * torch.randn(d, generator=gen)).to(torch.bfloat16)
-    k_norm = (1 + 0.2 * torch.randn(d, generator=gen)).to(torch.bfloat16)
-    cos, sin = rope_tables(rows, d)
-    q, k, v = qk_norm_rope(F.linear(x.float(), w.float()), q_norm.float(), k_norm.float(),
-                           cos.float(), sin.float(), 1e-6, heads, kv_heads)
-    want = torch.cat((q.flatten(1), k.flatten(1), v.flatten(1)), dim=1)
-    layer = amx_linear.AmxQKV(w)
-    assert layer.fuses_norm_rope(d)
-    got = layer.norm_rope(x, q_norm, k_norm, cos, sin, 1e-6, heads, kv_heads)
-    assert (got.float() - want).abs().max().item() <= bf16_error_bar(want)
-    assert torch.equal(layer.weight, w)
-
-
 def test_bad_inputs_raise_instead_of_reading_past_the_tensors():
     x, w = draw(4, 64, 64)
     layer = amx_linear.AmxLinear(w)
@@ -106,12 +80,5 @@ def test_bad_inputs_raise_instead_of_reading_past_the_tensors():
         layer.kernel.linear(x.t(), layer.packed)
     with pytest.raises(RuntimeError, match="pair up"):
         layer.kernel.linear_silu_mul(x, amx_linear.pack_weight(w[:32]))
-    qkv = amx_linear.AmxQKV(draw(4, 64, 4 * 32)[1])
-    cos, sin = rope_tables(4, 32)
-    norm = torch.ones(32, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="heads"):
-        qkv.norm_rope(x, norm, norm, cos, sin, 1e-6, 4, 2)
-    with pytest.raises(RuntimeError, match="cos and sin"):
-        qkv.norm_rope(x, norm, norm, cos[:2], sin[:2], 1e-6, 2, 1)
     assert not amx_linear.fits(48, 64) and not amx_linear.fits(64, 48)
     assert amx_linear.fits(64, 64)

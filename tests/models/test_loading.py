@@ -155,10 +155,13 @@ def test_auto_options_are_for_real_sized_models_on_cpu(option):
         EngineArgs("m", **{option: "sometimes"})
 
 
-def test_the_amx_linear_kernel_is_opt_in():
+def test_the_amx_linear_kernel_is_on_for_real_sized_models_on_the_cpu():
     args = EngineArgs("m")
-    assert args.resolved_cpu_linear_kernel(1024) is False
+    assert args.resolved_cpu_linear_kernel(1024) is True
+    assert args.resolved_cpu_linear_kernel(64) is False
+    assert EngineArgs("m", device="cuda").resolved_cpu_linear_kernel(1024) is False
     assert EngineArgs("m", cpu_linear_kernel="on").resolved_cpu_linear_kernel(64) is True
+    assert EngineArgs("m", cpu_linear_kernel="off").resolved_cpu_linear_kernel(1024) is False
     assert EngineArgs("m", cpu_linear_kernel=True).cpu_linear_kernel == "on"
     with pytest.raises(ValueError, match="cpu_linear_kernel"):
         EngineArgs("m", cpu_linear_kernel="sometimes")
@@ -173,11 +176,11 @@ def test_the_amx_linear_kernel_leaves_int8_and_unfit_models_on_their_path(tiny_m
     if amx_linear.load() is None:
         pytest.skip("the AMX linear kernel cannot be built or run here")
     quantized = load_model(EngineArgs(str(tiny_model), dtype="bfloat16", quantization="int8"))
-    assert not quantized.trunk.use_amx_linears()
-    assert isinstance(quantized.trunk.layers[0].qkv, Int8Linear)
+    assert not quantized.trunk.use_amx_gate_up()
+    assert isinstance(quantized.trunk.layers[0].gate_up, Int8Linear)
     fp32 = load_model(EngineArgs(str(tiny_model), dtype="float32"))
-    assert not fp32.trunk.use_amx_linears()
+    assert not fp32.trunk.use_amx_gate_up()
     tiny = load_model(EngineArgs(str(tiny_model), dtype="bfloat16"))
-    assert tiny.trunk.use_amx_linears()  # tiny's sizes are multiples of 32; head_dim 16 is not
+    assert tiny.trunk.use_amx_gate_up()  # tiny's sizes are multiples of 32
     assert isinstance(tiny.trunk.layers[0].gate_up, amx_linear.AmxGateUpSiLU)
-    assert not tiny.trunk.layers[0].qkv.fuses_norm_rope(tiny.trunk.shape.head_dim)
+    assert not isinstance(tiny.trunk.layers[0].qkv, amx_linear.AmxLinear)

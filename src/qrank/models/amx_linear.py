@@ -1,11 +1,12 @@
-"""The decoder's linear layers on AMX tiles, with the element-wise work after them fused in.
+"""The decoder's gate-up projection on AMX tiles, with SwiGLU's ``silu(gate) * up`` fused in.
 
 ``csrc/amx_linear.cpp`` multiplies bf16 activations by weights packed once at load time and
 turns each group of finished output columns into its result while it is still in cache: the
-gate-up projection writes ``silu(gate) * up`` (never its [tokens, 2 x intermediate] product),
-and the QKV projection writes q and k already RMS-normed and rotated by RoPE. Built on first
-use by :mod:`qrank.models.cpu_kernels`; where it cannot be built or the CPU has no AMX,
-:func:`load` returns ``None`` and the layers stay on oneDNN.
+gate-up projection writes ``silu(gate) * up``, never its [tokens, 2 x intermediate] product.
+:class:`AmxLinear` is the plain product, which oneDNN beats; the engine uses only
+:class:`AmxGateUpSiLU` (README). Built on first use by :mod:`qrank.models.cpu_kernels`; where it
+cannot be built or the CPU has no AMX, :func:`load` returns ``None`` and the layers stay on
+oneDNN.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def split_halves(weight: torch.Tensor) -> torch.Tensor:
 
 
 class AmxLinear(nn.Module):
-    """A bias-free linear layer on AMX tiles."""
+    """A bias-free linear layer on AMX tiles: the kernel's product without an epilogue."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -74,22 +75,6 @@ class AmxLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.kernel.linear(x, self.packed)
-
-
-class AmxQKV(AmxLinear):
-    """The fused QKV projection; :meth:`norm_rope` also applies the q/k norms and RoPE."""
-
-    @staticmethod
-    def fuses_norm_rope(head_dim: int) -> bool:
-        """Whether :meth:`norm_rope` takes heads of this size (multiples of 32, up to 1024)."""
-        return head_dim % 32 == 0 and head_dim <= 1024
-
-    def norm_rope(self, x: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
-                  cos: torch.Tensor, sin: torch.Tensor, eps: float, num_heads: int,
-                  num_kv_heads: int) -> torch.Tensor:
-        """[tokens, (heads + 2 kv heads) x head_dim]: q and k heads normed and rotated."""
-        return self.kernel.linear_norm_rope(x, self.packed, q_norm, k_norm, cos, sin, eps,
-                                         num_heads, num_kv_heads)
 
 
 class AmxGateUpSiLU(nn.Module):

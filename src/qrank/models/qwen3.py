@@ -260,22 +260,21 @@ class Qwen3Scorer(nn.Module):
         self.prefix_attention = cpu_attention.prefix_attention if usable else None
         return usable
 
-    def use_amx_linears(self) -> bool:
-        """Run the QKV and gate-up projections on qrank's AMX kernel
-        (:mod:`qrank.models.amx_linear`), with the q/k norms and RoPE fused into the first and
-        SiLU·up into the second, where it builds and runs (bf16 on a CPU with AMX, sizes
-        multiples of 32, not int8); returns whether it is in use. ``o_proj`` and ``down`` stay
-        on oneDNN, which multiplies faster than the kernel alone (README)."""
-        kinds = {"qkv": amx_linear.AmxQKV, "gate_up": amx_linear.AmxGateUpSiLU}
-        targets = [(block, name) for block in self.layers for name in kinds]
+    def use_amx_gate_up(self) -> bool:
+        """Run the gate-up projection on qrank's AMX kernel
+        (:class:`qrank.models.amx_linear.AmxGateUpSiLU`), with SiLU·up fused in, where it
+        builds and runs (bf16 on a CPU with AMX, sizes multiples of 32, not int8); returns
+        whether it is in use. The other projections stay on oneDNN, which multiplies faster
+        than the kernel alone (README)."""
+        layers = [block.gate_up for block in self.layers]
         usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
-                  and all(type(getattr(b, n)) in (nn.Linear, PackedLinear)
-                          and amx_linear.fits(getattr(b, n).out_features,
-                                              getattr(b, n).in_features) for b, n in targets)
+                  and all(type(layer) in (nn.Linear, PackedLinear)
+                          and amx_linear.fits(layer.out_features, layer.in_features)
+                          for layer in layers)
                   and amx_linear.load() is not None)
         if usable:
-            for block, name in targets:
-                setattr(block, name, kinds[name](getattr(block, name).weight))
+            for block, layer in zip(self.layers, layers, strict=True):
+                block.gate_up = amx_linear.AmxGateUpSiLU(layer.weight)
         return usable
 
     @property
@@ -363,7 +362,9 @@ class Qwen3Scorer(nn.Module):
                 h = ops["rms_norm"](x, layer.input_norm.weight, eps)
             else:
                 x, h = ops["add_rms_norm"](x, delta, layer.input_norm.weight, eps)
-            q, k, v = self._qkv(layer, h, cos, sin)
+            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight,
+                                          layer.k_norm.weight, cos, sin, eps, shape.num_heads,
+                                          shape.num_kv_heads)
             # Padded views read the tail's keys and values: zero, so they can never be inf or
             # NaN (a zero attention weight times NaN is NaN).
             k[plan.num_tokens :] = 0
@@ -393,18 +394,6 @@ class Qwen3Scorer(nn.Module):
         assert delta is not None, "a model has at least one layer"
         _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)
         return out, plan.doc_order, kept
-
-    def _qkv(self, layer: Qwen3Block, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [T, H, d], k and v [T, Hkv, d]: the QKV projection, q/k norms and RoPE."""
-        shape, eps = self.shape, self.shape.rms_norm_eps
-        args = (layer.q_norm.weight, layer.k_norm.weight, cos, sin, eps, shape.num_heads,
-                shape.num_kv_heads)
-        if (isinstance(layer.qkv, amx_linear.AmxQKV)
-                and layer.qkv.fuses_norm_rope(shape.head_dim)):
-            qkv = layer.qkv.norm_rope(h, *args).unflatten(-1, (-1, shape.head_dim))
-            return qkv.split([shape.num_heads, shape.num_kv_heads, shape.num_kv_heads], dim=1)
-        return self.ops["qk_norm_rope"](layer.qkv(h), *args)
 
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],

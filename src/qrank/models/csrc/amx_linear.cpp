@@ -12,10 +12,10 @@
 // cache:
 //   - plain: rounded to bf16;
 //   - silu_mul: blocks alternate gate and up columns; out = silu(gate) * up, so the fused
-//     gate-up projection never writes its [tokens, 2 x intermediate] result;
-//   - norm_rope: the fused QKV projection; each q and k head is RMS-normed with its weight and
-//     rotated by RoPE at its row's position, v heads pass as they are.
-// Everything in the epilogues runs in float32 and is rounded to bf16 once.
+//     gate-up projection never writes its [tokens, 2 x intermediate] result.
+// The epilogues run in float32 and round to bf16 once. (A QKV epilogue with the q/k norms and
+// RoPE was tried and removed: the plain product at QKV's width loses more to oneDNN than the
+// epilogue saves; README.)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -68,7 +68,6 @@ struct Results {
 #if defined(QRANK_AMX)
 
 using qrank::exp2_nonpositive;
-using qrank::load_bf16;
 
 struct TileConfig {
   uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
@@ -149,20 +148,18 @@ void block_product(const uint16_t* xt, int64_t rows_pad, const uint16_t* w, int6
 
 // Runs x [M, K] @ the packed weight, `blocks_per_unit` weight blocks per 32 output columns,
 // calling epilogue(results, row0, rows, unit0, units) for each finished group of units and
-// rows (the file's header tells the order). Threads split the units at multiples of `align`.
+// rows (the file's header tells the order).
 template <class Epilogue>
-void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit, int64_t align,
+void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit,
          const Epilogue& epilogue) {
   const int64_t M = x.size(0), K = x.size(1), blocks = wp.size(0);
   if (M == 0) return;
-  const int64_t units = blocks / blocks_per_unit, aligned = units / align;
+  const int64_t units = blocks / blocks_per_unit;
   const int64_t rows_per_pass = std::clamp<int64_t>(X_BYTES / (2 * K) / 32 * 32, 32, MAX_ROWS);
-  const int64_t group =
-      std::max<int64_t>(1, PANEL_BYTES / (K * BLOCK_N * 2 * blocks_per_unit * align)) * align;
+  const int64_t group = std::max<int64_t>(1, PANEL_BYTES / (K * BLOCK_N * 2 * blocks_per_unit));
   const int64_t threads = at::get_num_threads();
-  // threads split the columns; with more threads than column slices of 4 aligned units, the
-  // rows too
-  const int64_t col_parts = std::clamp<int64_t>(aligned / 4, 1, threads);
+  // threads split the columns; with more threads than column slices of 4 units, the rows too
+  const int64_t col_parts = std::clamp<int64_t>(units / 4, 1, threads);
   const int64_t row_parts = std::clamp<int64_t>(threads / col_parts, 1, (M + 31) / 32);
   const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
   const auto* wd = reinterpret_cast<const uint16_t*>(wp.data_ptr());
@@ -179,8 +176,8 @@ void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit, int
     std::vector<float> acc(group * blocks_per_unit * unit_stride);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t cp = item % col_parts, rp = item / col_parts;
-      const int64_t u0 = aligned * cp / col_parts * align;
-      const int64_t u1 = aligned * (cp + 1) / col_parts * align;
+      const int64_t u0 = units * cp / col_parts;
+      const int64_t u1 = units * (cp + 1) / col_parts;
       const int64_t chunks = m_pad / 32;
       const int64_t m0 = chunks * rp / row_parts * 32;
       const int64_t m1 = std::min(M, chunks * (rp + 1) / row_parts * 32);
@@ -275,7 +272,7 @@ at::Tensor unit_wise_linear(const at::Tensor& x, const at::Tensor& wp, int64_t b
   at::Tensor out = at::empty({x.size(0), wp.size(0) / blocks_per_unit * BLOCK_N}, x.options());
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t ldo = out.size(1);
-  run(x, wp, blocks_per_unit, 1,
+  run(x, wp, blocks_per_unit,
       [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
         write_units(od, ldo, m0, rows, u0, n,
                     [&](int64_t u, int64_t r) { return value(res, u, r); });
@@ -317,82 +314,8 @@ at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
 
 #endif
 
-// The fused QKV projection [M, (H + 2 Hkv) D] with q and k heads RMS-normed (q_norm, k_norm
-// [D]) and rotated by RoPE (cos, sin [M, D], bf16; the second half of each row repeats the
-// first, as Qwen3 builds them); v heads as they are.
-at::Tensor linear_norm_rope(const at::Tensor& x, const at::Tensor& wp, const at::Tensor& q_norm,
-                            const at::Tensor& k_norm, const at::Tensor& cos,
-                            const at::Tensor& sin, double eps, int64_t num_heads,
-                            int64_t num_kv_heads) {
-  check_operands(x, wp, 1);
-  const int64_t D = q_norm.numel(), M = x.size(0);
-  TORCH_CHECK(D % 32 == 0 && D <= 1024 && k_norm.numel() == D,
-              "head_dim must be a multiple of 32, at most 1024, the same for q and k");
-  TORCH_CHECK(wp.size(0) * BLOCK_N == (num_heads + 2 * num_kv_heads) * D,
-              "the weight's out features must be (heads + 2 kv heads) x head_dim");
-  TORCH_CHECK(cos.scalar_type() == at::kBFloat16 && sin.scalar_type() == at::kBFloat16 &&
-              cos.dim() == 2 && sin.dim() == 2 && cos.size(0) >= M && sin.size(0) >= M &&
-              cos.size(1) == D && sin.size(1) == D && cos.stride(1) == 1 && sin.stride(1) == 1,
-              "cos and sin must be bf16 [tokens, head_dim] with contiguous rows");
-  at::Tensor out = at::empty({M, wp.size(0) * BLOCK_N}, x.options());
-#if defined(QRANK_AMX)
-  const at::Tensor qn = q_norm.to(at::kFloat).contiguous(), kn = k_norm.to(at::kFloat).contiguous();
-  const float* qw = qn.data_ptr<float>();
-  const float* kw = kn.data_ptr<float>();
-  const auto* cd = reinterpret_cast<const uint16_t*>(cos.data_ptr());
-  const auto* sd = reinterpret_cast<const uint16_t*>(sin.data_ptr());
-  auto* od = reinterpret_cast<uint16_t*>(out.data_ptr());
-  const int64_t ldo = out.size(1), ldc = cos.stride(0), lds = sin.stride(0);
-  const int64_t head_units = D / BLOCK_N, normed = num_heads + num_kv_heads, half = D / 2;
-  const float inv_d = 1.f / static_cast<float>(D), feps = static_cast<float>(eps);
-  run(x, wp, 1, head_units,
-      [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
-        float y[1024];
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t m = m0 + r;
-          for (int64_t hu = 0; hu < n; hu += head_units) {
-            const int64_t head = (u0 + hu) / head_units;
-            uint16_t* dst = od + m * ldo + (u0 + hu) * BLOCK_N;
-            if (head >= normed) {  // a v head
-              for (int64_t u = 0; u < head_units; ++u) {
-                const float* a = res.row(hu + u, r);
-                store_bf16x32(dst + u * BLOCK_N, _mm512_loadu_ps(a), _mm512_loadu_ps(a + 16));
-              }
-              continue;
-            }
-            __m512 sq = _mm512_setzero_ps();
-            for (int64_t u = 0; u < head_units; ++u)
-              for (int64_t j = 0; j < BLOCK_N; j += 16) {
-                const __m512 v = _mm512_loadu_ps(res.row(hu + u, r) + j);
-                sq = _mm512_fmadd_ps(v, v, sq);
-                _mm512_storeu_ps(y + u * BLOCK_N + j, v);
-              }
-            const __m512 scale =
-                _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(sq) * inv_d + feps));
-            const float* w = head < num_heads ? qw : kw;
-            for (int64_t d = 0; d < half; d += 16) {
-              const __m512 x1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(y + d), scale),
-                                              _mm512_loadu_ps(w + d));
-              const __m512 x2 = _mm512_mul_ps(
-                  _mm512_mul_ps(_mm512_loadu_ps(y + half + d), scale),
-                  _mm512_loadu_ps(w + half + d));
-              const __m512 c = load_bf16(cd + m * ldc + d), s = load_bf16(sd + m * lds + d);
-              _mm512_storeu_ps(y + d, _mm512_fmsub_ps(x1, c, _mm512_mul_ps(x2, s)));
-              _mm512_storeu_ps(y + half + d, _mm512_fmadd_ps(x2, c, _mm512_mul_ps(x1, s)));
-            }
-            for (int64_t d = 0; d < D; d += 32)
-              store_bf16x32(dst + d, _mm512_loadu_ps(y + d), _mm512_loadu_ps(y + d + 16));
-          }
-        }
-      });
-#endif
-  return out;
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether this CPU and build can run the AMX kernels");
   m.def("linear", &linear, "x @ W^T on AMX tiles (bf16)");
   m.def("linear_silu_mul", &linear_silu_mul, "silu(x @ gate^T) * (x @ up^T) on AMX tiles");
-  m.def("linear_norm_rope", &linear_norm_rope,
-        "the QKV projection with q/k RMS norms and RoPE fused in (bf16)");
 }

@@ -48,11 +48,6 @@ inline void store_bf16(uint16_t* dst, __m512 x) {  // round to nearest even
 #endif
 }
 
-inline __m512 load_bf16(const uint16_t* src) {  // 16 bf16 values as float32
-  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-
 #endif
 
 }  // namespace qrank
