@@ -60,11 +60,6 @@ class Engine:
             log = logger.warning if args.cpu_attention_kernel == "on" else logger.info
             log("the CPU attention kernel is not in use (it runs bfloat16 on CPUs that oneDNN "
                 "can pack for); attention stays on SDPA")
-        if (args.resolved_cpu_linear_kernel(self.trunk.shape.hidden_size)
-                and not self.trunk.use_amx_gate_up()):
-            log = logger.warning if args.cpu_linear_kernel == "on" else logger.info
-            log("the AMX linear kernel is not in use (it runs bfloat16 on CPUs with AMX, sizes "
-                "multiples of 32, no int8); the gate-up projection stays on oneDNN")
         if args.resolved_compile(self.trunk.shape.hidden_size):
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()

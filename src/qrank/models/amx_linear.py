@@ -44,16 +44,17 @@ def unpack_weight(packed: torch.Tensor) -> torch.Tensor:
     return packed.permute(0, 2, 1, 3).reshape(blocks * BLOCK_N, half_k * 2)
 
 
-def interleave_halves(weight: torch.Tensor) -> torch.Tensor:
-    """[gate; up] -> blocks of 32 rows alternating gate and up, so one thread computes both
-    halves of each output column block."""
+def pack_gate_up(weight: torch.Tensor) -> torch.Tensor:
+    """[gate; up] [out, in] -> :func:`pack_weight`'s layout with blocks of 32 rows alternating
+    gate and up, so one thread computes both halves of each output column block; one copy."""
     n, k = weight.shape
-    gate, up = weight.reshape(2, n // 2 // BLOCK_N, BLOCK_N, k).unbind(0)
-    return torch.stack((gate, up), dim=1).reshape(n, k)
+    blocks = weight.reshape(2, n // 2 // BLOCK_N, BLOCK_N, k // 2, 2).permute(1, 0, 3, 2, 4)
+    return blocks.contiguous().reshape(n // BLOCK_N, k // 2, BLOCK_N, 2)
 
 
 def split_halves(weight: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`interleave_halves`."""
+    """[gate and up blocks alternating] -> [gate; up]: undoes :func:`pack_gate_up`'s order
+    of rows once :func:`unpack_weight` has undone its blocks."""
     n, k = weight.shape
     pairs = weight.reshape(n // 2 // BLOCK_N, 2, BLOCK_N, k)
     return torch.cat((pairs[:, 0].reshape(n // 2, k), pairs[:, 1].reshape(n // 2, k)))
@@ -83,7 +84,7 @@ class AmxGateUpSiLU(nn.Module):
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.packed = pack_weight(interleave_halves(weight.detach()))
+        self.packed = pack_gate_up(weight.detach())
         self.kernel = kernel()
 
     @property

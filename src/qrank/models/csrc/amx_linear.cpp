@@ -290,7 +290,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& wp) {
   });
 }
 
-// x [M, K] @ [gate; up]^T -> silu(gate) * up [M, N / 2]; wp packed from interleave_halves.
+// x [M, K] @ [gate; up]^T -> silu(gate) * up [M, N / 2]; wp packed by pack_gate_up.
 at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
   return unit_wise_linear(x, wp, 2, [](const Results& res, int64_t u, int64_t r) {
     const float* g = res.row(u, r);
