@@ -362,9 +362,8 @@ class Qwen3Scorer(nn.Module):
                 h = ops["rms_norm"](x, layer.input_norm.weight, eps)
             else:
                 x, h = ops["add_rms_norm"](x, delta, layer.input_norm.weight, eps)
-            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight,
-                                          layer.k_norm.weight, cos, sin, eps, shape.num_heads,
-                                          shape.num_kv_heads)
+            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight, layer.k_norm.weight,
+                                          cos, sin, eps, shape.num_heads, shape.num_kv_heads)
             # Padded views read the tail's keys and values: zero, so they can never be inf or
             # NaN (a zero attention weight times NaN is NaN).
             k[plan.num_tokens :] = 0
