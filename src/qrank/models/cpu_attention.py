@@ -12,6 +12,7 @@ cannot run it, :func:`load` returns ``None`` and the engine keeps SDPA.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -25,14 +26,34 @@ def load() -> ModuleType | None:
     return cpu_kernels.load("prefix_attention.cpp")
 
 
+class NormRope(NamedTuple):
+    """Qwen3's per-head q/k RMS norms and RoPE, for the kernel to apply to raw projections:
+    the norms' weights [d], cos and sin [T, d] of the packed rows (bf16), the norms' eps."""
+
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    eps: float
+
+
 def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor,
                      prefix_v: torch.Tensor, out: torch.Tensor, start: int, count: int,
-                     length: int) -> None:
+                     length: int, norm_rope: NormRope | None = None) -> None:
     """Write into ``out`` [T, H, d] the attention of ``count`` packed documents of ``length``
     tokens from row ``start`` of ``q`` [T, H, d], over ``prefix_k``/``prefix_v`` [Hkv, P, d]
-    and, causally, their own rows of ``k``/``v`` [T, Hkv, d]. bfloat16 only."""
+    and, causally, their own rows of ``k``/``v`` [T, Hkv, d]. bfloat16 only.
+
+    With ``norm_rope`` the documents' rows of ``q`` and ``k`` are the raw projections: the
+    kernel norms and rotates them as it reads them (the prefix's keys are ready), which spares
+    the scorer a pass over them; ``q`` and ``k`` are left as they were.
+    """
     module = load()
     if module is None:
         raise RuntimeError("the CPU attention kernel is not available")
-    module.prefix_causal_attention(q, k, v, prefix_k, prefix_v, out, start, count, length,
-                                   Q_BLOCK)
+    if norm_rope is None:
+        module.prefix_causal_attention(q, k, v, prefix_k, prefix_v, out, start, count, length,
+                                       Q_BLOCK)
+    else:
+        module.prefix_causal_attention(q, k, v, prefix_k, prefix_v, out, start, count, length,
+                                       Q_BLOCK, *norm_rope)

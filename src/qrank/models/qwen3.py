@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrank.models import amx_linear
+from qrank.models import amx_linear, cpu_attention
 from qrank.models.linear import PackedLinear
 
 logger = logging.getLogger(__name__)
@@ -253,8 +253,6 @@ class Qwen3Scorer(nn.Module):
         """Attend documents over their prefix with the AMX kernel of
         :mod:`qrank.models.cpu_attention` where it builds and runs (bf16 on the CPU); returns
         whether it is in use."""
-        from qrank.models import cpu_attention
-
         usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
                   and cpu_attention.load() is not None)
         self.prefix_attention = cpu_attention.prefix_attention if usable else None
@@ -357,13 +355,25 @@ class Qwen3Scorer(nn.Module):
         eps = shape.rms_norm_eps
         n_layers = len(self.layers)
         delta: torch.Tensor | None = None  # the MLP output, added to x by the next norm
+        # The attention kernel norms and rotates the documents' q and k itself when every
+        # document attends over a prefix (not in the last layer, which reads them again).
+        fuse = (self.prefix_attention is not None
+                and all(g in plan.prefix_segments or group.prefix_kv is not None
+                        for g, group in enumerate(groups)))
         for li, layer in enumerate(self.layers):
             if delta is None:
                 h = ops["rms_norm"](x, layer.input_norm.weight, eps)
             else:
                 x, h = ops["add_rms_norm"](x, delta, layer.input_norm.weight, eps)
-            q, k, v = ops["qk_norm_rope"](layer.qkv(h), layer.q_norm.weight, layer.k_norm.weight,
-                                          cos, sin, eps, shape.num_heads, shape.num_kv_heads)
+            qkv = layer.qkv(h)
+            norm_rope = None
+            if fuse and li < n_layers - 1:
+                q, k, v = self._norm_prefix_rows(plan, layer, qkv, cos, sin)
+                norm_rope = cpu_attention.NormRope(layer.q_norm.weight, layer.k_norm.weight,
+                                                   cos, sin, eps)
+            else:
+                q, k, v = ops["qk_norm_rope"](qkv, layer.q_norm.weight, layer.k_norm.weight,
+                                              cos, sin, eps, shape.num_heads, shape.num_kv_heads)
             # Padded views read the tail's keys and values: zero, so they can never be inf or
             # NaN (a zero attention weight times NaN is NaN).
             k[plan.num_tokens :] = 0
@@ -380,7 +390,7 @@ class Qwen3Scorer(nn.Module):
             if li < n_layers - 1:
                 attn = torch.empty_like(q)
                 attn[plan.num_tokens :] = 0
-                self._attend_all(plan, q, k, v, prefix_kv, attn)
+                self._attend_all(plan, q, k, v, prefix_kv, attn, norm_rope)
             else:  # the last layer: only the last tokens' rows matter from here on
                 attn = self._attend_last(plan, q, k, v, prefix_kv)
                 x = x[last_rows]
@@ -394,10 +404,32 @@ class Qwen3Scorer(nn.Module):
         _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)
         return out, plan.doc_order, kept
 
+    def _norm_prefix_rows(self, plan: _Plan, layer: Qwen3Block, qkv: torch.Tensor,
+                          cos: torch.Tensor, sin: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as views of the fused projection ``qkv``, with the q/k norms and RoPE
+        applied in place to the rows of the prefixes computed now; the documents' rows stay
+        raw, for the attention kernel to norm and rotate."""
+        shape = self.shape
+        heads, kv_heads = shape.num_heads, shape.num_kv_heads
+        qk = qkv.unflatten(-1, (heads + 2 * kv_heads, shape.head_dim))
+        q, k, v = qk[:, :heads], qk[:, heads : heads + kv_heads], qk[:, heads + kv_heads :]
+        for s, n in plan.prefix_segments.values():
+            rows = slice(s, s + n)
+            qn, kn, _ = self.ops["qk_norm_rope"](
+                qkv[rows], layer.q_norm.weight, layer.k_norm.weight, cos[rows], sin[rows],
+                shape.rms_norm_eps, heads, kv_heads)
+            q[rows] = qn
+            k[rows] = kn
+        return q, k, v
+
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                    out: torch.Tensor) -> None:
+                    out: torch.Tensor, norm_rope: cpu_attention.NormRope | None = None
+                    ) -> None:
         """Attention for every token: prefixes causally, documents over prefix + themselves.
+        With ``norm_rope`` the documents' q and k rows are raw, for the kernel to norm and
+        rotate (every document then has a prefix).
 
         Each sequence is viewed padded at its end to a multiple of ``PAD_MULTIPLE`` (the rows
         after it belong to the next sequence or the plan's tail): the CPU flash kernel runs up
@@ -413,7 +445,8 @@ class Qwen3Scorer(nn.Module):
                 continue
             pk, pv = pkv
             if self.prefix_attention is not None:  # set only for bf16 on the CPU
-                self.prefix_attention(q, k, v, pk, pv, out, b.start, b.count, b.length)
+                self.prefix_attention(q, k, v, pk, pv, out, b.start, b.count, b.length,
+                                      norm_rope)
                 continue
             p, d_len = pk.shape[1], padded(b.length)
             pp = padded(p)

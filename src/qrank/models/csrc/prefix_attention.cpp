@@ -9,6 +9,12 @@
 // keys fit in cache), and one more call multiplies by the values. Key blocks past the item's
 // last causal key are skipped. With AVX-512 the softmax and the bf16 rounding are vectorized
 // by hand; elsewhere a scalar version runs.
+//
+// The scorer may hand over the documents' q and k rows raw, as the QKV projection wrote them:
+// then Qwen3's per-head RMS norms and RoPE are applied here, to k while its rows are packed and
+// to q while a block's rows are gathered, and the scorer's own pass over them (a read and a
+// write of every q and k row) is skipped. The rows of the QKV output lie a page or more apart,
+// beyond the reach of the hardware prefetchers, so the rows ahead are prefetched by hand.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -18,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -30,6 +37,7 @@ using qrank::bf16_bits;
 using qrank::round_up;
 #if defined(__AVX512F__)
 using qrank::exp2_nonpositive;
+using qrank::load_bf16;
 using qrank::store_bf16;
 #endif
 
@@ -47,23 +55,29 @@ inline __mmask16 lanes_below(int64_t j0, int64_t n) {
 // 16); returns the sum of the values.
 float exp_row(const float* s, int64_t n, int64_t n_end, float scale, uint16_t* p) {
   __m512 vmx = _mm512_set1_ps(-3.0e38f);
-  for (int64_t j0 = 0; j0 < n; j0 += 16)
-    vmx = _mm512_mask_max_ps(vmx, lanes_below(j0, n), vmx, _mm512_loadu_ps(s + j0));
-  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
-  const __m512 k = _mm512_set1_ps(scale * 1.44269504f);  // to base 2
-  __m512 sum = _mm512_setzero_ps();
   int64_t j0 = 0;
+  for (; j0 + 16 <= n; j0 += 16) vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(s + j0));
+  if (j0 < n) vmx = _mm512_mask_max_ps(vmx, lanes_below(j0, n), vmx, _mm512_loadu_ps(s + j0));
+  const float k2 = scale * 1.44269504f;  // to base 2
+  const __m512 k = _mm512_set1_ps(k2), mk = _mm512_set1_ps(_mm512_reduce_max_ps(vmx) * k2);
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+  for (j0 = 0; j0 + 32 <= n; j0 += 32) {  // two independent chains
+    const __m512 e0 = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0), k, mk));
+    const __m512 e1 = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0 + 16), k, mk));
+    sum0 = _mm512_add_ps(sum0, e0);
+    sum1 = _mm512_add_ps(sum1, e1);
+    store_bf16(p + j0, e0);
+    store_bf16(p + j0 + 16, e1);
+  }
   for (; j0 < n; j0 += 16) {
-    const __mmask16 live = lanes_below(j0, n);
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mx), k),
-                                   _mm512_setzero_ps());
-    const __m512 e = _mm512_maskz_mov_ps(live, exp2_nonpositive(t));
-    sum = _mm512_add_ps(sum, e);
+    const __m512 t = _mm512_fmsub_ps(_mm512_loadu_ps(s + j0), k, mk);
+    const __m512 e = _mm512_maskz_mov_ps(lanes_below(j0, n), exp2_nonpositive(t));
+    sum0 = _mm512_add_ps(sum0, e);
     store_bf16(p + j0, e);
   }
   for (; j0 < n_end; j0 += 16)  // past the causal end: zeros
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j0), _mm256_setzero_si256());
-  return _mm512_reduce_add_ps(sum);
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
 }
 
 // dst[d] = bf16(src[d] * f) for d < D (a multiple of 16)
@@ -91,6 +105,75 @@ inline void scale_to_bf16(const float* src, float f, int64_t D, uint16_t* dst) {
 }
 
 #endif
+
+inline float bf16_value(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Qwen3's per-head RMS norm and RoPE, applied here to raw q and k rows as they are read (the
+// scorer then skips its own pass over them): the norms' weights q_w, k_w [D] (float32 copies)
+// and bf16 cos, sin [tokens, D] rows (the second half repeats the first).
+struct NormRope {
+  const float* q_w;
+  const float* k_w;
+  const uint16_t* cos;
+  const uint16_t* sin;
+  int64_t cos_row, sin_row;
+  float eps;
+};
+
+// For `heads` heads of packed row `row` (src, heads contiguous): dst + h * dst_stride [0, D) =
+// RoPE(w * x * rsqrt(mean(x^2) + eps)), computed in float32 and rounded to bf16 once.
+void norm_rope_heads(const NormRope& nr, const float* w, int64_t row, const uint16_t* src,
+                     int64_t heads, int64_t D, uint16_t* dst, int64_t dst_stride) {
+  const uint16_t* c = nr.cos + row * nr.cos_row;
+  const uint16_t* sn = nr.sin + row * nr.sin_row;
+  const int64_t half = D / 2;
+  const float inv_d = 1.f / static_cast<float>(D);
+#if defined(__AVX512F__)
+  if (half % 16 == 0) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const uint16_t* x = src + h * D;
+      uint16_t* o = dst + h * dst_stride;
+      __m512 sq0 = _mm512_setzero_ps(), sq1 = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512 v0 = load_bf16(x + d), v1 = load_bf16(x + d + 16);
+        sq0 = _mm512_fmadd_ps(v0, v0, sq0);
+        sq1 = _mm512_fmadd_ps(v1, v1, sq1);
+      }
+      const __m512 r = _mm512_set1_ps(
+          1.f / std::sqrt(_mm512_reduce_add_ps(_mm512_add_ps(sq0, sq1)) * inv_d + nr.eps));
+      for (int64_t d = 0; d < half; d += 16) {
+        const __m512 x1 = _mm512_mul_ps(_mm512_mul_ps(load_bf16(x + d), r),
+                                        _mm512_loadu_ps(w + d));
+        const __m512 x2 = _mm512_mul_ps(_mm512_mul_ps(load_bf16(x + half + d), r),
+                                        _mm512_loadu_ps(w + half + d));
+        const __m512 cv = load_bf16(c + d), sv = load_bf16(sn + d);
+        store_bf16(o + d, _mm512_fmsub_ps(x1, cv, _mm512_mul_ps(x2, sv)));
+        store_bf16(o + half + d, _mm512_fmadd_ps(x2, cv, _mm512_mul_ps(x1, sv)));
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t h = 0; h < heads; ++h) {
+    const uint16_t* x = src + h * D;
+    uint16_t* o = dst + h * dst_stride;
+    float sq = 0.f;
+    for (int64_t d = 0; d < D; ++d) sq += bf16_value(x[d]) * bf16_value(x[d]);
+    const float r = 1.f / std::sqrt(sq * inv_d + nr.eps);
+    for (int64_t d = 0; d < half; ++d) {
+      const float x1 = bf16_value(x[d]) * r * w[d];
+      const float x2 = bf16_value(x[half + d]) * r * w[half + d];
+      const float cv = bf16_value(c[d]), sv = bf16_value(sn[d]);
+      o[d] = bf16_bits(x1 * cv - x2 * sv);
+      o[half + d] = bf16_bits(x2 * cv + x1 * sv);
+    }
+  }
+}
 
 #if defined(__AVX512BW__)
 
@@ -165,10 +248,16 @@ void pack_keys_values(uint32_t* kt, uint16_t* vt, int64_t D, int64_t n_pad, cons
 bool supported() { return at::native::cpublas::could_pack(at::kBFloat16); }
 
 // q [T, H, D], k and v [T, KV, D] (each token's heads contiguous), pk and pv [KV, P, D] (any
-// strides; P may be 0), out [T, H, D]: writes the rows of the bucket's documents.
+// strides; P may be 0), out [T, H, D]: writes the rows of the bucket's documents. With q_norm
+// and k_norm [D] and cos, sin [T, D] (all four or none), the bucket's q and k rows are raw
+// projections, RMS-normed and rotated here as they are read; the prefix's are ready.
 void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& pk, const at::Tensor& pv, at::Tensor& out,
-                             int64_t start, int64_t count, int64_t length, int64_t q_block) {
+                             int64_t start, int64_t count, int64_t length, int64_t q_block,
+                             const std::optional<at::Tensor>& q_norm,
+                             const std::optional<at::Tensor>& k_norm,
+                             const std::optional<at::Tensor>& cos,
+                             const std::optional<at::Tensor>& sin, double eps) {
   using bf16 = at::BFloat16;
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
               v.scalar_type() == at::kBFloat16 && pk.scalar_type() == at::kBFloat16 &&
@@ -193,6 +282,26 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
               rows_needed <= out.size(0),
               "the bucket runs past the packed rows");
   TORCH_CHECK(q_block > 0, "q_block must be positive");
+  const bool normed = q_norm.has_value();
+  TORCH_CHECK(k_norm.has_value() == normed && cos.has_value() == normed &&
+              sin.has_value() == normed, "pass q_norm, k_norm, cos and sin together, or none");
+  NormRope nr{};
+  at::Tensor q_w, k_w;  // the norms' weights as float32
+  if (normed) {
+    for (const at::Tensor* w : {&*q_norm, &*k_norm})
+      TORCH_CHECK(w->scalar_type() == at::kBFloat16 && w->dim() == 1 && w->size(0) == D &&
+                  w->stride(0) == 1, "q_norm and k_norm must be contiguous bf16 [head_dim]");
+    for (const at::Tensor* t : {&*cos, &*sin})
+      TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->dim() == 2 && t->size(1) == D &&
+                  t->stride(1) == 1 && t->size(0) >= rows_needed,
+                  "cos and sin must be bf16 [tokens, head_dim] with contiguous rows");
+    q_w = q_norm->to(at::kFloat);
+    k_w = k_norm->to(at::kFloat);
+    nr = NormRope{q_w.data_ptr<float>(), k_w.data_ptr<float>(),
+                  reinterpret_cast<const uint16_t*>(cos->data_ptr<bf16>()),
+                  reinterpret_cast<const uint16_t*>(sin->data_ptr<bf16>()),
+                  cos->stride(0), sin->stride(0), static_cast<float>(eps)};
+  }
   const int64_t group = H / KV, n_keys = P + length, n_pad = round_up(n_keys, KEY_BLOCK);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t q_row = q.stride(0), k_row = k.stride(0), v_row = v.stride(0);
@@ -210,10 +319,26 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
   auto* pd = reinterpret_cast<uint16_t*>(packed.data_ptr<bf16>());
 
   at::parallel_for(0, count * KV, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> k_normed(normed ? length * D : 0);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c = i / KV, g = i % KV;
       const uint16_t* kdoc = kd + (start + c * length) * k_row + g * D;
       const uint16_t* vdoc = vd + (start + c * length) * v_row + g * D;
+      int64_t kdoc_row = k_row;
+      if (normed) {  // the document's keys normed and rotated, then packed from there
+        for (int64_t j = 0; j < length; ++j) {
+          if (j + 8 < length) {  // the keys and values ahead
+            const char* ahead = reinterpret_cast<const char*>(kdoc + (j + 8) * k_row);
+            for (int64_t b = 0; b < D * 2; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+            const char* vahead = reinterpret_cast<const char*>(vdoc + (j + 8) * v_row);
+            for (int64_t b = 0; b < D * 2; b += 64) _mm_prefetch(vahead + b, _MM_HINT_T1);
+          }
+          norm_rope_heads(nr, nr.k_w, start + c * length + j, kdoc + j * k_row, 1, D,
+                          k_normed.data() + j * D, D);
+        }
+        kdoc = k_normed.data();
+        kdoc_row = D;
+      }
       auto row_of = [&](int64_t j, const uint16_t* doc, int64_t doc_row, const uint16_t* prefix,
                         int64_t h_stride, int64_t r_stride) -> const uint16_t* {
         return j < P ? prefix + g * h_stride + j * r_stride
@@ -225,7 +350,7 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
 #if defined(__AVX512BW__)
       if (D % 32 == 0) {
         pack_keys_values(kt, vt, D, n_pad, [&](int64_t j) {
-          return std::make_pair(row_of(j, kdoc, k_row, pkd, pk_h, pk_r),
+          return std::make_pair(row_of(j, kdoc, kdoc_row, pkd, pk_h, pk_r),
                                 row_of(j, vdoc, v_row, pvd, pv_h, pv_r));
         });
         continue;
@@ -233,7 +358,7 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
 #endif
       for (int64_t j = 0; j < n_pad; ++j) {
         const auto* row =
-            reinterpret_cast<const uint32_t*>(row_of(j, kdoc, k_row, pkd, pk_h, pk_r));
+            reinterpret_cast<const uint32_t*>(row_of(j, kdoc, kdoc_row, pkd, pk_h, pk_r));
         if (row) {
           for (int64_t d2 = 0; d2 < D / 2; ++d2) kt[d2 * n_pad + j] = row[d2];
         } else {
@@ -267,12 +392,26 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
       const int64_t qb = i % n_blocks, cg = i / n_blocks, c = cg / KV, g = cg % KV;
       const int64_t i0 = qb * q_block, m = std::min(q_block, length - i0), mm = group * m;
       const int64_t n_cut = std::min(n_pad, round_up(P + i0 + m, KEY_BLOCK));
+      if (i + 1 < end && (i + 1) % n_blocks != 0) {  // the next block's query rows
+        const int64_t j0 = i0 + q_block, m2 = std::min(q_block, length - j0);
+        for (int64_t r = 0; r < m2; ++r) {
+          const char* row = reinterpret_cast<const char*>(
+              qd + (start + c * length + j0 + r) * q_row + g * group * D);
+          for (int64_t b = 0; b < group * D * 2; b += 64) _mm_prefetch(row + b, _MM_HINT_T1);
+        }
+      }
       const uint16_t* kt = pd + (cg * 2) * D * n_pad;
       const uint16_t* vt = pd + (cg * 2 + 1) * D * n_pad;
-      for (int64_t hh = 0; hh < group; ++hh)
-        for (int64_t r = 0; r < m; ++r)
-          std::memcpy(a.data() + (hh * m + r) * D,
-                      qd + (start + c * length + i0 + r) * q_row + (g * group + hh) * D, D * 2);
+      for (int64_t r = 0; r < m; ++r) {  // the group's heads of each row: a[(hh * m + r)]
+        const int64_t row = start + c * length + i0 + r;
+        const uint16_t* src = qd + row * q_row + g * group * D;
+        if (normed) {
+          norm_rope_heads(nr, nr.q_w, row, src, group, D, a.data() + r * D, m * D);
+        } else {
+          for (int64_t hh = 0; hh < group; ++hh)
+            std::memcpy(a.data() + (hh * m + r) * D, src + hh * D, D * 2);
+        }
+      }
       at::native::cpublas::brgemm(mm, n_cut, D, D, n_pad, n_cut, false,
                                   reinterpret_cast<const bf16*>(a.data()),
                                   reinterpret_cast<const bf16*>(kt), s.data(), true);
@@ -295,5 +434,9 @@ void prefix_causal_attention(const at::Tensor& q, const at::Tensor& k, const at:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether oneDNN can pack bfloat16 for its micro-kernels");
   m.def("prefix_causal_attention", &prefix_causal_attention,
-        "documents' attention over a shared prefix and, causally, themselves (bf16)");
+        "documents' attention over a shared prefix and, causally, themselves (bf16)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pk"), py::arg("pv"), py::arg("out"),
+        py::arg("start"), py::arg("count"), py::arg("length"), py::arg("q_block"),
+        py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none(),
+        py::arg("cos") = py::none(), py::arg("sin") = py::none(), py::arg("eps") = 1e-6);
 }
