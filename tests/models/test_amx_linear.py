@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from qrank.models import amx_linear
-from qrank.models.qwen3 import silu_and_mul
+from qrank.models.qwen3 import add_rms_norm, silu_and_mul
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,6 +67,29 @@ def test_silu_mul_matches_float32(rows, k, inter):
     assert got.shape == (rows, inter)
     assert (got.float() - want).abs().max().item() <= bf16_error_bar(want)
     assert torch.equal(layer.weight, w)  # the interleaved packing undoes exactly
+
+
+@pytest.mark.parametrize("rows,k,inter", [(3, 64, 64), (45, 1024, 3072), (260, 128, 256)])
+def test_add_norm_fused_into_the_input_copy_equals_add_rms_norm_then_the_layer(rows, k, inter):
+    """The residual add and RMS norm done while the kernel copies its input: the sum equals
+    :func:`add_rms_norm`'s exactly, the output the unfused path's within one bf16 rounding."""
+    x, w = draw(rows, k, 2 * inter, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    delta = torch.randn(rows, k, generator=gen).bfloat16()
+    norm_w = (1 + 0.2 * torch.randn(k, generator=gen)).bfloat16()
+    layer = amx_linear.AmxGateUpSiLU(w)
+    summed, h = add_rms_norm(x, delta, norm_w, 1e-6)
+    want = layer(h)
+    got, got_summed = layer.add_norm_forward(x, delta, norm_w, 1e-6)
+    assert torch.equal(got_summed, summed)
+    assert (got.float() - want.float()).abs().max().item() <= bf16_error_bar(want.float())
+    assert (got == want).float().mean().item() > 0.99  # the same roundings, but for ties
+    reference = silu_and_mul(F.linear(h.float(), w.float()))
+    assert (got.float() - reference).abs().max().item() <= 2 * bf16_error_bar(reference)
+    with pytest.raises(RuntimeError, match="delta"):
+        layer.add_norm_forward(x, delta[:, :32], norm_w, 1e-6)
+    with pytest.raises(RuntimeError, match="norm_w"):
+        layer.add_norm_forward(x, delta, norm_w.float(), 1e-6)
 
 
 def test_bad_inputs_raise_instead_of_reading_past_the_tensors():

@@ -95,6 +95,13 @@ class AmxGateUpSiLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.kernel.linear_silu_mul(x, self.packed)
 
+    def add_norm_forward(self, x: torch.Tensor, delta: torch.Tensor, norm_weight: torch.Tensor,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual add and RMS norm before the projection, fused into the kernel's
+        copy of its input: returns ``(silu(gate) * up of norm(x + delta), x + delta)``, the
+        same as :func:`qrank.models.qwen3.add_rms_norm` and then :meth:`forward`."""
+        return self.kernel.add_norm_linear_silu_mul(x, delta, norm_weight, eps, self.packed)
+
 
 def kernel() -> ModuleType:
     """The compiled kernel; raises where it is not available."""

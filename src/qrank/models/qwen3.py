@@ -394,11 +394,15 @@ class Qwen3Scorer(nn.Module):
             else:  # the last layer: only the last tokens' rows matter from here on
                 attn = self._attend_last(plan, q, k, v, prefix_kv)
                 x = x[last_rows]
-            x, h = ops["add_rms_norm"](x, layer.o_proj(attn.flatten(1)), layer.post_norm.weight,
-                                       eps)
-            act = layer.gate_up(h)  # the AMX kernel's is already silu(gate) * up
-            if not isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
-                act = ops["silu_and_mul"](act)
+            attn_out = layer.o_proj(attn.flatten(1))
+            if isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
+                # the kernel adds and norms as it copies its input, then silu(gate) * up
+                act, x = layer.gate_up.add_norm_forward(x, attn_out, layer.post_norm.weight, eps)
+            else:
+                x, h = ops["add_rms_norm"](x, attn_out, layer.post_norm.weight, eps)
+                act = layer.gate_up(h)  # the AMX kernel's is already silu(gate) * up
+                if not isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
+                    act = ops["silu_and_mul"](act)
             delta = layer.down(act)
         assert delta is not None, "a model has at least one layer"
         _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)

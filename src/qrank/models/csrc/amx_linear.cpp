@@ -13,7 +13,10 @@
 //   - plain: rounded to bf16;
 //   - silu_mul: blocks alternate gate and up columns; out = silu(gate) * up, so the fused
 //     gate-up projection never writes its [tokens, 2 x intermediate] result.
-// The epilogues run in float32 and round to bf16 once. (A QKV epilogue with the q/k norms and
+// The epilogues run in float32 and round to bf16 once. The gate-up projection can also take
+// the residual add and RMS norm before it into its copy of x (add_norm_linear_silu_mul): the
+// copy reads the residual stream and the attention's output, writes their sum, and puts the
+// normed rows straight into tile order, so the normed activations are never written. (A QKV epilogue with the q/k norms and
 // RoPE was tried and removed: the plain product at QKV's width loses more to oneDNN than the
 // epilogue saves; README.)
 #include <torch/extension.h>
@@ -68,6 +71,12 @@ struct Results {
 #if defined(QRANK_AMX)
 
 using qrank::exp2_nonpositive;
+using qrank::load_bf16;
+
+inline __m512 round_to_bf16(__m512 x) {  // x rounded to bf16 (nearest even), as float32
+  const __m256i b = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
 
 struct TileConfig {
   uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
@@ -148,10 +157,11 @@ void block_product(const uint16_t* xt, int64_t rows_pad, const uint16_t* w, int6
 
 // Runs x [M, K] @ the packed weight, `blocks_per_unit` weight blocks per 32 output columns,
 // calling epilogue(results, row0, rows, unit0, units) for each finished group of units and
-// rows (the file's header tells the order).
-template <class Epilogue>
+// rows (the file's header tells the order). pack(row0, rows, chunk) writes rows [row0, row0 +
+// rows) of the left operand into a 32-row chunk of tiles (by default x's rows as they are).
+template <class Epilogue, class Pack>
 void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit,
-         const Epilogue& epilogue) {
+         const Epilogue& epilogue, const Pack& pack) {
   const int64_t M = x.size(0), K = x.size(1), blocks = wp.size(0);
   if (M == 0) return;
   const int64_t units = blocks / blocks_per_unit;
@@ -161,15 +171,14 @@ void run(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit,
   // threads split the columns; with more threads than column slices of 4 units, the rows too
   const int64_t col_parts = std::clamp<int64_t>(units / 4, 1, threads);
   const int64_t row_parts = std::clamp<int64_t>(threads / col_parts, 1, (M + 31) / 32);
-  const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
   const auto* wd = reinterpret_cast<const uint16_t*>(wp.data_ptr());
-  const int64_t ldx = x.stride(0), block_elems = K * BLOCK_N;
+  const int64_t block_elems = K * BLOCK_N;
   const int64_t unit_stride = rows_per_pass * BLOCK_N, m_pad = qrank::round_up(M, 32);
   const at::Tensor x_tiles = at::empty({m_pad * K}, x.options());
   auto* xt = reinterpret_cast<uint16_t*>(x_tiles.data_ptr());
   at::parallel_for(0, m_pad / 32, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      pack_chunk(xd, ldx, c * 32, std::min<int64_t>(32, M - c * 32), K, xt + c * 32 * K);
+      pack(c * 32, std::min<int64_t>(32, M - c * 32), xt + c * 32 * K);
   });
   at::parallel_for(0, col_parts * row_parts, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();
@@ -264,10 +273,19 @@ bool supported() { return supported_here(); }
 
 namespace {
 
+// x's rows as they are, into tile order
+auto rows_of(const at::Tensor& x) {
+  const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const int64_t ldx = x.stride(0), K = x.size(1);
+  return [xd, ldx, K](int64_t r0, int64_t rows, uint16_t* chunk) {
+    pack_chunk(xd, ldx, r0, rows, K, chunk);
+  };
+}
+
 // out [M, units x 32] from a unit's results, value(res, u, r) giving row r's two halves.
-template <class Value>
+template <class Value, class Pack>
 at::Tensor unit_wise_linear(const at::Tensor& x, const at::Tensor& wp, int64_t blocks_per_unit,
-                            const Value& value) {
+                            const Value& value, const Pack& pack) {
   check_operands(x, wp, blocks_per_unit);
   at::Tensor out = at::empty({x.size(0), wp.size(0) / blocks_per_unit * BLOCK_N}, x.options());
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr());
@@ -276,28 +294,92 @@ at::Tensor unit_wise_linear(const at::Tensor& x, const at::Tensor& wp, int64_t b
       [&](const Results& res, int64_t m0, int64_t rows, int64_t u0, int64_t n) {
         write_units(od, ldo, m0, rows, u0, n,
                     [&](int64_t u, int64_t r) { return value(res, u, r); });
-      });
+      },
+      pack);
   return out;
+}
+
+std::pair<__m512, __m512> silu_mul_value(const Results& res, int64_t u, int64_t r) {
+  const float* g = res.row(u, r);
+  const float* up = res.row(u, r, 1);
+  return std::make_pair(_mm512_mul_ps(silu(_mm512_loadu_ps(g)), _mm512_loadu_ps(up)),
+                        _mm512_mul_ps(silu(_mm512_loadu_ps(g + 16)), _mm512_loadu_ps(up + 16)));
 }
 
 }  // namespace
 
 // x [M, K] @ W^T -> [M, N] bf16; wp is W packed by pack_weight.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& wp) {
-  return unit_wise_linear(x, wp, 1, [](const Results& res, int64_t u, int64_t r) {
-    const float* a = res.row(u, r);
-    return std::make_pair(_mm512_loadu_ps(a), _mm512_loadu_ps(a + 16));
-  });
+  return unit_wise_linear(
+      x, wp, 1,
+      [](const Results& res, int64_t u, int64_t r) {
+        const float* a = res.row(u, r);
+        return std::make_pair(_mm512_loadu_ps(a), _mm512_loadu_ps(a + 16));
+      },
+      rows_of(x));
 }
 
 // x [M, K] @ [gate; up]^T -> silu(gate) * up [M, N / 2]; wp packed by pack_gate_up.
 at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
-  return unit_wise_linear(x, wp, 2, [](const Results& res, int64_t u, int64_t r) {
-    const float* g = res.row(u, r);
-    const float* up = res.row(u, r, 1);
-    return std::make_pair(_mm512_mul_ps(silu(_mm512_loadu_ps(g)), _mm512_loadu_ps(up)),
-                          _mm512_mul_ps(silu(_mm512_loadu_ps(g + 16)), _mm512_loadu_ps(up + 16)));
-  });
+  return unit_wise_linear(x, wp, 2, silu_mul_value, rows_of(x));
+}
+
+// The residual add and RMS norm before the gate-up projection, fused into its packing:
+// returns (silu(h @ gate^T) * (h @ up^T), x + delta) where h = norm(x + delta) * norm_w.
+// The sum is rounded to bf16, then normed in float32, rounded, scaled by the weight and
+// rounded again, as Qwen3 rounds them; h itself is never written.
+std::tuple<at::Tensor, at::Tensor> add_norm_linear_silu_mul(const at::Tensor& x,
+                                                             const at::Tensor& delta,
+                                                             const at::Tensor& norm_w,
+                                                             double eps, const at::Tensor& wp) {
+  check_operands(x, wp, 2);
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(delta.scalar_type() == at::kBFloat16 && delta.dim() == 2 && delta.size(0) == M &&
+              delta.size(1) == K && delta.stride(1) == 1,
+              "delta must be bf16 [tokens, in] like x, with contiguous rows");
+  TORCH_CHECK(norm_w.scalar_type() == at::kBFloat16 && norm_w.dim() == 1 &&
+              norm_w.size(0) == K && norm_w.stride(0) == 1,
+              "norm_w must be a contiguous bf16 [in]");
+  at::Tensor summed = at::empty({M, K}, x.options());
+  const at::Tensor wf = norm_w.to(at::kFloat);
+  const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const auto* dd = reinterpret_cast<const uint16_t*>(delta.data_ptr());
+  auto* sd = reinterpret_cast<uint16_t*>(summed.data_ptr());
+  const float* w = wf.data_ptr<float>();
+  const int64_t ldx = x.stride(0), ldd = delta.stride(0), kt = K / 32;
+  const float inv_k = 1.f / static_cast<float>(K), feps = static_cast<float>(eps);
+  auto pack = [&](int64_t r0, int64_t rows, uint16_t* chunk) {
+    for (int64_t r = 0; r < 32; ++r) {
+      uint16_t* dst = chunk + ((r / 16) * kt * 16 + r % 16) * 32;
+      if (r >= rows) {
+        for (int64_t k = 0; k < kt; ++k) _mm512_storeu_si512(dst + k * 512, _mm512_setzero_si512());
+        continue;
+      }
+      const uint16_t* xr = xd + (r0 + r) * ldx;
+      const uint16_t* dr = dd + (r0 + r) * ldd;
+      uint16_t* sr = sd + (r0 + r) * K;
+      __m512 sq0 = _mm512_setzero_ps(), sq1 = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 32) {  // the rounded sum, and its squares
+        const __m512 a = _mm512_add_ps(load_bf16(xr + k), load_bf16(dr + k));
+        const __m512 b = _mm512_add_ps(load_bf16(xr + k + 16), load_bf16(dr + k + 16));
+        const __m512i ab = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));
+        _mm512_storeu_si512(sr + k, ab);
+        const __m512 ar = load_bf16(sr + k), br = load_bf16(sr + k + 16);
+        sq0 = _mm512_fmadd_ps(ar, ar, sq0);
+        sq1 = _mm512_fmadd_ps(br, br, sq1);
+      }
+      const __m512 scale = _mm512_set1_ps(
+          1.f / std::sqrt(_mm512_reduce_add_ps(_mm512_add_ps(sq0, sq1)) * inv_k + feps));
+      for (int64_t k = 0; k < K; k += 32) {
+        const __m512 a = round_to_bf16(_mm512_mul_ps(load_bf16(sr + k), scale));
+        const __m512 b = round_to_bf16(_mm512_mul_ps(load_bf16(sr + k + 16), scale));
+        store_bf16x32(dst + (k / 32) * 512, _mm512_mul_ps(a, _mm512_loadu_ps(w + k)),
+                      _mm512_mul_ps(b, _mm512_loadu_ps(w + k + 16)));
+      }
+    }
+  };
+  at::Tensor out = unit_wise_linear(x, wp, 2, silu_mul_value, pack);
+  return {out, summed};
 }
 
 #else  // without AMX code the operands' check raises
@@ -312,10 +394,20 @@ at::Tensor linear_silu_mul(const at::Tensor& x, const at::Tensor& wp) {
   return {};
 }
 
+std::tuple<at::Tensor, at::Tensor> add_norm_linear_silu_mul(const at::Tensor& x,
+                                                             const at::Tensor& delta,
+                                                             const at::Tensor& norm_w,
+                                                             double eps, const at::Tensor& wp) {
+  check_operands(x, wp, 2);
+  return {};
+}
+
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether this CPU and build can run the AMX kernels");
   m.def("linear", &linear, "x @ W^T on AMX tiles (bf16)");
   m.def("linear_silu_mul", &linear_silu_mul, "silu(x @ gate^T) * (x @ up^T) on AMX tiles");
+  m.def("add_norm_linear_silu_mul", &add_norm_linear_silu_mul,
+        "the residual add and RMS norm, then silu(h @ gate^T) * (h @ up^T) on AMX tiles");
 }
