@@ -125,6 +125,52 @@ struct NormRope {
   float eps;
 };
 
+#if defined(__AVX512BF16__)
+// norm_rope_heads for a head_dim known when compiled (Qwen3's 128): each head's row stays in
+// registers between its sum of squares and its rotation, cos and sin are read once for all
+// the heads, and the norm's factor is applied after the rotation (which is linear).
+template <int D>
+void norm_rope_heads_fixed(const NormRope& nr, const float* w, int64_t row,
+                           const uint16_t* src, int64_t heads, uint16_t* dst,
+                           int64_t dst_stride) {
+  static_assert(D % 64 == 0, "two 16-float vectors per half, stored 32 bf16 at a time");
+  constexpr int V = D / 16, HV = V / 2;
+  const uint16_t* c = nr.cos + row * nr.cos_row;
+  const uint16_t* sn = nr.sin + row * nr.sin_row;
+  __m512 cv[HV], sv[HV];
+  for (int i = 0; i < HV; ++i) {
+    cv[i] = load_bf16(c + 16 * i);
+    sv[i] = load_bf16(sn + 16 * i);
+  }
+  for (int64_t h = 0; h < heads; ++h) {
+    const uint16_t* x = src + h * D;
+    uint16_t* o = dst + h * dst_stride;
+    __m512 xv[V];
+    __m512 sq0 = _mm512_setzero_ps(), sq1 = _mm512_setzero_ps();
+    for (int i = 0; i < V; i += 2) {
+      xv[i] = load_bf16(x + 16 * i);
+      xv[i + 1] = load_bf16(x + 16 * i + 16);
+      sq0 = _mm512_fmadd_ps(xv[i], xv[i], sq0);
+      sq1 = _mm512_fmadd_ps(xv[i + 1], xv[i + 1], sq1);
+    }
+    const __m512 r = _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(_mm512_add_ps(sq0, sq1)) *
+                                                        (1.f / D) + nr.eps));
+    __m512 lo[HV], hi[HV];
+    for (int i = 0; i < HV; ++i) {
+      const __m512 x1 = _mm512_mul_ps(xv[i], _mm512_loadu_ps(w + 16 * i));
+      const __m512 x2 = _mm512_mul_ps(xv[HV + i], _mm512_loadu_ps(w + D / 2 + 16 * i));
+      lo[i] = _mm512_mul_ps(_mm512_fmsub_ps(x1, cv[i], _mm512_mul_ps(x2, sv[i])), r);
+      hi[i] = _mm512_mul_ps(_mm512_fmadd_ps(x2, cv[i], _mm512_mul_ps(x1, sv[i])), r);
+    }
+    for (int i = 0; i < HV; i += 2) {
+      _mm512_storeu_si512(o + 16 * i, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(lo[i + 1], lo[i])));
+      _mm512_storeu_si512(o + D / 2 + 16 * i,
+                          reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi[i + 1], hi[i])));
+    }
+  }
+}
+#endif
+
 // For `heads` heads of packed row `row` (src, heads contiguous): dst + h * dst_stride [0, D) =
 // RoPE(w * x * rsqrt(mean(x^2) + eps)), computed in float32 and rounded to bf16 once.
 void norm_rope_heads(const NormRope& nr, const float* w, int64_t row, const uint16_t* src,
@@ -133,6 +179,9 @@ void norm_rope_heads(const NormRope& nr, const float* w, int64_t row, const uint
   const uint16_t* sn = nr.sin + row * nr.sin_row;
   const int64_t half = D / 2;
   const float inv_d = 1.f / static_cast<float>(D);
+#if defined(__AVX512BF16__)
+  if (D == 128) return norm_rope_heads_fixed<128>(nr, w, row, src, heads, dst, dst_stride);
+#endif
 #if defined(__AVX512F__)
   if (half % 16 == 0) {
     for (int64_t h = 0; h < heads; ++h) {
