@@ -6,7 +6,9 @@ GFLOP/s on this project's CPUs; ``csrc/prefix_attention.cpp`` packs each documen
 values once per kv head for oneDNN's AMX micro-kernels (``cpublas::brgemm``), skips the key
 blocks past each query block's causal end, and writes straight into the packed output. It is
 built on first use by :mod:`qrank.models.cpu_kernels`; where it cannot be built or the CPU
-cannot run it, :func:`load` returns ``None`` and the engine keeps SDPA.
+cannot run it, :func:`load` returns ``None`` and the engine keeps SDPA. Given a
+:class:`NormRope`, it also applies Qwen3's q/k RMS norms and RoPE to the documents' raw rows as
+it reads them, sparing the scorer a pass over q and k.
 """
 
 from __future__ import annotations
