@@ -81,7 +81,8 @@ def test_rejects_inputs_it_cannot_run(kernel):
         kernel(q, k, v, pk[..., :8], pv[..., :8], out, 0, 1, 8)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (16, 8, 128)])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"),
+                         [(4, 2, 16), (4, 2, 32), (8, 4, 64), (16, 8, 128), (4, 2, 256)])
 def test_norms_and_rotates_raw_rows_as_the_scorer_would(kernel, heads, kv_heads, head_dim):
     """Given the raw QKV projection and the norms' weights, cos and sin, the kernel's output
     equals, within bf16's rounding, norming and rotating first (the scorer's qk_norm_rope)

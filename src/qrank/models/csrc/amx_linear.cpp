@@ -16,9 +16,9 @@
 // The epilogues run in float32 and round to bf16 once. The gate-up projection can also take
 // the residual add and RMS norm before it into its copy of x (add_norm_linear_silu_mul): the
 // copy reads the residual stream and the attention's output, writes their sum, and puts the
-// normed rows straight into tile order, so the normed activations are never written. (A QKV epilogue with the q/k norms and
-// RoPE was tried and removed: the plain product at QKV's width loses more to oneDNN than the
-// epilogue saves; README.)
+// normed rows straight into tile order, so the normed activations are never written. (A QKV
+// epilogue with the q/k norms and RoPE was tried and removed: the plain product at QKV's width
+// loses more to oneDNN than the epilogue saves; README.)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

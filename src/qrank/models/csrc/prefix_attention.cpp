@@ -126,7 +126,7 @@ struct NormRope {
 };
 
 #if defined(__AVX512BF16__)
-// norm_rope_heads for a head_dim known when compiled (Qwen3's 128): each head's row stays in
+// norm_rope_heads for a head_dim known when compiled: each head's row stays in
 // registers between its sum of squares and its rotation, cos and sin are read once for all
 // the heads, and the norm's factor is applied after the rotation (which is linear).
 template <int D>
@@ -175,39 +175,18 @@ void norm_rope_heads_fixed(const NormRope& nr, const float* w, int64_t row,
 // RoPE(w * x * rsqrt(mean(x^2) + eps)), computed in float32 and rounded to bf16 once.
 void norm_rope_heads(const NormRope& nr, const float* w, int64_t row, const uint16_t* src,
                      int64_t heads, int64_t D, uint16_t* dst, int64_t dst_stride) {
+#if defined(__AVX512BF16__)
+  switch (D) {  // vectorized for the usual head sizes (Qwen3's is 128)
+    case 64: return norm_rope_heads_fixed<64>(nr, w, row, src, heads, dst, dst_stride);
+    case 128: return norm_rope_heads_fixed<128>(nr, w, row, src, heads, dst, dst_stride);
+    case 256: return norm_rope_heads_fixed<256>(nr, w, row, src, heads, dst, dst_stride);
+    default: break;
+  }
+#endif
   const uint16_t* c = nr.cos + row * nr.cos_row;
   const uint16_t* sn = nr.sin + row * nr.sin_row;
   const int64_t half = D / 2;
   const float inv_d = 1.f / static_cast<float>(D);
-#if defined(__AVX512BF16__)
-  if (D == 128) return norm_rope_heads_fixed<128>(nr, w, row, src, heads, dst, dst_stride);
-#endif
-#if defined(__AVX512F__)
-  if (half % 16 == 0) {
-    for (int64_t h = 0; h < heads; ++h) {
-      const uint16_t* x = src + h * D;
-      uint16_t* o = dst + h * dst_stride;
-      __m512 sq0 = _mm512_setzero_ps(), sq1 = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d += 32) {
-        const __m512 v0 = load_bf16(x + d), v1 = load_bf16(x + d + 16);
-        sq0 = _mm512_fmadd_ps(v0, v0, sq0);
-        sq1 = _mm512_fmadd_ps(v1, v1, sq1);
-      }
-      const __m512 r = _mm512_set1_ps(
-          1.f / std::sqrt(_mm512_reduce_add_ps(_mm512_add_ps(sq0, sq1)) * inv_d + nr.eps));
-      for (int64_t d = 0; d < half; d += 16) {
-        const __m512 x1 = _mm512_mul_ps(_mm512_mul_ps(load_bf16(x + d), r),
-                                        _mm512_loadu_ps(w + d));
-        const __m512 x2 = _mm512_mul_ps(_mm512_mul_ps(load_bf16(x + half + d), r),
-                                        _mm512_loadu_ps(w + half + d));
-        const __m512 cv = load_bf16(c + d), sv = load_bf16(sn + d);
-        store_bf16(o + d, _mm512_fmsub_ps(x1, cv, _mm512_mul_ps(x2, sv)));
-        store_bf16(o + half + d, _mm512_fmadd_ps(x2, cv, _mm512_mul_ps(x1, sv)));
-      }
-    }
-    return;
-  }
-#endif
   for (int64_t h = 0; h < heads; ++h) {
     const uint16_t* x = src + h * D;
     uint16_t* o = dst + h * dst_stride;
