@@ -322,7 +322,11 @@ class Qwen3Scorer(nn.Module):
         num_tokens, tail = len(ids), PAD_MULTIPLE - 1
         ids += [0] * tail
         positions.append(range(tail))
-        pos = torch.tensor([i for r in positions for i in r], dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in positions], dtype=torch.long)
+        starts = torch.tensor([r.start for r in positions], dtype=torch.long)
+        # each token's position: its row, moved by its sequence's (first position - first row)
+        pos = torch.arange(len(ids)) + torch.repeat_interleave(
+            starts - (torch.cumsum(lengths, 0) - lengths), lengths)
         return _Plan(
             input_ids=torch.tensor(ids, dtype=torch.long),
             positions=pos,
