@@ -404,9 +404,7 @@ class Qwen3Scorer(nn.Module):
                 act, x = layer.gate_up.add_norm_forward(x, attn_out, layer.post_norm.weight, eps)
             else:
                 x, h = ops["add_rms_norm"](x, attn_out, layer.post_norm.weight, eps)
-                act = layer.gate_up(h)  # the AMX kernel's is already silu(gate) * up
-                if not isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
-                    act = ops["silu_and_mul"](act)
+                act = ops["silu_and_mul"](layer.gate_up(h))
             delta = layer.down(act)
         assert delta is not None, "a model has at least one layer"
         _, out = ops["add_rms_norm"](x, delta, self.norm.weight, eps)
