@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qrank.models.linear import PackedLinear, can_pack
+from qrank.kernels.packed_linear import PackedLinear, can_pack
 from qrank.models.loader import read_config
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import Qwen3Shape

@@ -5,10 +5,11 @@ import itertools
 import pytest
 import torch
 from inputs import DOCUMENTS, INSTRUCTIONS, QUERIES
+from kernel_skips import kernel_unavailable
 from reference import SUFFIX, CardReference, format_instruction
 
 from qrank import Reranker
-from qrank.models import amx_linear, cpu_attention
+from qrank.kernels import amx_linear, cpu_attention
 from qrank.prompts import SYSTEM_PREFIX
 
 
@@ -40,9 +41,9 @@ def fp32(tiny_model, request):
 def bf16(tiny_model, request):
     compile, attention, linear = request.param
     if attention == "on" and cpu_attention.load() is None:
-        pytest.skip("the CPU attention kernel cannot be built or run here")
+        pytest.skip(kernel_unavailable("the CPU attention kernel"))
     if linear == "on" and amx_linear.load() is None:
-        pytest.skip("the AMX linear kernel cannot be built or run here")
+        pytest.skip(kernel_unavailable("the AMX linear kernel"))
     return Reranker(str(tiny_model), dtype="bfloat16", compile=compile,
                     cpu_attention_kernel=attention, cpu_linear_kernel=linear)
 
@@ -109,7 +110,7 @@ def test_bfloat16_with_the_amx_linear_kernel_agrees_within_2e2(model_factory):
     """Every optimisation on at a second, calibrated shape (hidden 128, head_dim 32): SiLU·up
     fused into the gate-up projection on the AMX kernel, the rest on oneDNN."""
     if amx_linear.load() is None or cpu_attention.load() is None:
-        pytest.skip("the AMX kernels cannot be built or run here")
+        pytest.skip(kernel_unavailable("the AMX kernels"))
     model = model_factory(shape="small")
     reference = CardReference(model, dtype=torch.float32)
     reranker = Reranker(str(model), dtype="bfloat16", compile="on", cpu_attention_kernel="on",

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from inputs import DOCUMENTS, QUERIES
+from kernel_skips import kernel_unavailable
 
 from qrank import EngineArgs, Reranker
 from qrank.models.loader import ModelNotFoundError, resolve_model_path
@@ -170,17 +171,17 @@ def test_the_amx_linear_kernel_is_on_for_real_sized_models_on_the_cpu():
 def test_the_amx_linear_kernel_leaves_int8_and_unfit_models_on_their_path(tiny_model):
     """int8 layers stay int8 (the kernel would multiply them in bf16), and a float32 model or
     one whose sizes are not multiples of 32 keeps its linear layers."""
-    from qrank.models import amx_linear
+    from qrank.kernels import amx_linear
     from qrank.models.quant import Int8Linear
 
     if amx_linear.load() is None:
-        pytest.skip("the AMX linear kernel cannot be built or run here")
+        pytest.skip(kernel_unavailable("the AMX linear kernel"))
     quantized = load_model(EngineArgs(str(tiny_model), dtype="bfloat16", quantization="int8"))
-    assert not quantized.trunk.use_amx_gate_up()
+    assert not quantized.trunk.use_fused_gate_up()
     assert isinstance(quantized.trunk.layers[0].gate_up, Int8Linear)
     fp32 = load_model(EngineArgs(str(tiny_model), dtype="float32"))
-    assert not fp32.trunk.use_amx_gate_up()
+    assert not fp32.trunk.use_fused_gate_up()
     tiny = load_model(EngineArgs(str(tiny_model), dtype="bfloat16"))
-    assert tiny.trunk.use_amx_gate_up()  # tiny's sizes are multiples of 32
+    assert tiny.trunk.use_fused_gate_up()  # tiny's sizes are multiples of 32
     assert isinstance(tiny.trunk.layers[0].gate_up, amx_linear.AmxGateUpSiLU)
     assert not isinstance(tiny.trunk.layers[0].qkv, amx_linear.AmxLinear)

@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from qrank.models.linear import LINEARS
+from qrank.kernels.packed_linear import LINEARS
 
 logger = logging.getLogger(__name__)
 

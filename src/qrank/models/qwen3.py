@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrank.models import amx_linear, cpu_attention
-from qrank.models.linear import PackedLinear
+from qrank import kernels
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ class Qwen3Scorer(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention = sdpa_attention
         # documents over a prefix: None (SDPA with a mask) or a kernel with
-        # :func:`qrank.models.cpu_attention.prefix_attention`'s signature
+        # :func:`qrank.kernels.cpu_attention.prefix_attention`'s signature
         self.prefix_attention: Callable[..., None] | None = None
         self.ops: dict[str, Callable[..., Any]] = dict(ELEMENTWISE)
 
@@ -250,30 +249,24 @@ class Qwen3Scorer(nn.Module):
                     for name, fn in ELEMENTWISE.items()}
 
     def use_cpu_attention_kernel(self) -> bool:
-        """Attend documents over their prefix with the AMX kernel of
-        :mod:`qrank.models.cpu_attention` where it builds and runs (bf16 on the CPU); returns
-        whether it is in use."""
-        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
-                  and cpu_attention.load() is not None)
-        self.prefix_attention = cpu_attention.prefix_attention if usable else None
-        return usable
+        """Attend documents over their prefix with the fastest kernel this device has
+        (:func:`qrank.kernels.prefix_attention`); returns whether one is in use."""
+        self.prefix_attention = kernels.prefix_attention(self.device, self.dtype)
+        return self.prefix_attention is not None
 
-    def use_amx_gate_up(self) -> bool:
-        """Run the gate-up projection on qrank's AMX kernel
-        (:class:`qrank.models.amx_linear.AmxGateUpSiLU`), with SiLU·up fused in, where it
-        builds and runs (bf16 on a CPU with AMX, sizes multiples of 32, not int8); returns
-        whether it is in use. The other projections stay on oneDNN, which multiplies faster
-        than the kernel alone (README)."""
+    def use_fused_gate_up(self) -> bool:
+        """Run each gate-up projection on a kernel with SiLU·up fused in where this device has
+        one for its weights (:func:`qrank.kernels.fused_gate_up`); returns whether every layer
+        took it. The other projections stay on oneDNN, which multiplies faster (README)."""
         layers = [block.gate_up for block in self.layers]
-        usable = (self.device.type == "cpu" and self.dtype == torch.bfloat16
-                  and all(type(layer) in (nn.Linear, PackedLinear)
-                          and amx_linear.fits(layer.out_features, layer.in_features)
-                          for layer in layers)
-                  and amx_linear.load() is not None)
-        if usable:
-            for block, layer in zip(self.layers, layers, strict=True):
-                block.gate_up = amx_linear.AmxGateUpSiLU(layer.weight)
-        return usable
+        if not all(kernels.is_plain_linear(layer) for layer in layers):
+            return False
+        fused = [kernels.fused_gate_up(layer.weight) for layer in layers]
+        if any(f is None for f in fused):
+            return False
+        for block, layer in zip(self.layers, fused, strict=True):
+            block.gate_up = layer
+        return True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -373,7 +366,7 @@ class Qwen3Scorer(nn.Module):
             norm_rope = None
             if fuse and li < n_layers - 1:
                 q, k, v = self._norm_prefix_rows(plan, layer, qkv, cos, sin)
-                norm_rope = cpu_attention.NormRope(layer.q_norm.weight, layer.k_norm.weight,
+                norm_rope = kernels.NormRope(layer.q_norm.weight, layer.k_norm.weight,
                                                    cos, sin, eps)
             else:
                 q, k, v = ops["qk_norm_rope"](qkv, layer.q_norm.weight, layer.k_norm.weight,
@@ -399,7 +392,7 @@ class Qwen3Scorer(nn.Module):
                 attn = self._attend_last(plan, q, k, v, prefix_kv)
                 x = x[last_rows]
             attn_out = layer.o_proj(attn.flatten(1))
-            if isinstance(layer.gate_up, amx_linear.AmxGateUpSiLU):
+            if isinstance(layer.gate_up, kernels.FusedGateUp):
                 # the kernel adds and norms as it copies its input, then silu(gate) * up
                 act, x = layer.gate_up.add_norm_forward(x, attn_out, layer.post_norm.weight, eps)
             else:
@@ -431,7 +424,7 @@ class Qwen3Scorer(nn.Module):
 
     def _attend_all(self, plan: _Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                    out: torch.Tensor, norm_rope: cpu_attention.NormRope | None = None
+                    out: torch.Tensor, norm_rope: kernels.NormRope | None = None
                     ) -> None:
         """Attention for every token: prefixes causally, documents over prefix + themselves.
         With ``norm_rope`` the documents' q and k rows are raw, for the kernel to norm and

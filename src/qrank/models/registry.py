@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from qrank.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
+from qrank.kernels import cpu_features
+from qrank.kernels.packed_linear import pack_linears
 from qrank.models.heads import ScoreHead, build_head
-from qrank.models.linear import pack_linears
 from qrank.models.loader import (
     SafetensorsCheckpoint,
     find_tokenizer_file,
@@ -52,15 +53,7 @@ class LoadedModel:
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    return cpu_features.has_avx512_bf16() or cpu_features.has_amx_bf16()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -140,9 +133,9 @@ def load_model(args: EngineArgs) -> LoadedModel:
     trunk = trunk.to(device).eval()
     # the gate-up kernel takes its layers' plain weights before oneDNN would pack them, so
     # no packed copy is made only to be dropped (it stayed in the process's heap: +0.4 GB RSS)
-    if args.resolved_cpu_linear_kernel(shape.hidden_size) and not trunk.use_amx_gate_up():
+    if args.resolved_cpu_linear_kernel(shape.hidden_size) and not trunk.use_fused_gate_up():
         log = logger.warning if args.cpu_linear_kernel == "on" else logger.info
-        log("the AMX linear kernel is not in use (it runs bfloat16 on CPUs with AMX, sizes "
+        log("the fused gate-up kernel is not in use (it runs bfloat16 on CPUs with AMX, sizes "
             "multiples of 32, no int8); the gate-up projection stays on oneDNN")
     pack_linears(trunk, args.max_num_batched_tokens)
     head = head.to(device)

@@ -4,9 +4,9 @@
 turns each group of finished output columns into its result while it is still in cache: the
 gate-up projection writes ``silu(gate) * up``, never its [tokens, 2 x intermediate] product.
 :class:`AmxLinear` is the plain product, which oneDNN beats; the engine uses only
-:class:`AmxGateUpSiLU` (README). Built on first use by :mod:`qrank.models.cpu_kernels`; where it
-cannot be built or the CPU has no AMX, :func:`load` returns ``None`` and the layers stay on
-oneDNN.
+:class:`AmxGateUpSiLU` (README). Built at start by :mod:`qrank.kernels.build` on CPUs with
+AMX (never compiled elsewhere); where it cannot be built or run, :func:`load` returns ``None``
+and the layers stay on oneDNN.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from qrank.models import cpu_kernels
+from qrank.kernels import build, cpu_features
+from qrank.kernels.fused import FusedGateUp
 
 BLOCK_N = 32  # output columns per packed weight block
 
 
 def load() -> ModuleType | None:
     """The compiled kernel, or ``None`` where it cannot be built or run (logged)."""
-    return cpu_kernels.load("amx_linear.cpp", ("-mamx-tile", "-mamx-bf16"))
+    return build.load("amx_linear.cpp", ("-mamx-tile", "-mamx-bf16"),
+                      runs_here=cpu_features.has_amx_bf16, needs="AMX (amx_bf16)")
 
 
 def fits(out_features: int, in_features: int) -> bool:
@@ -78,7 +80,7 @@ class AmxLinear(nn.Module):
         return self.kernel.linear(x, self.packed)
 
 
-class AmxGateUpSiLU(nn.Module):
+class AmxGateUpSiLU(FusedGateUp):
     """The fused gate-up projection that returns ``silu(gate) * up`` [tokens, intermediate]."""
 
     def __init__(self, weight: torch.Tensor) -> None:

@@ -3,7 +3,9 @@
 oneDNN's bf16 AMX kernels want the weight in a blocked layout. ``F.linear`` on a plain weight
 reorders it on every call; a weight reordered once at load time (``mkldnn._reorder_linear_weight``)
 skips that, which made the decoder's matmuls 7–12% faster on this project's CPUs (measured in
-the README) with bit-identical results.
+the README) with bit-identical results. oneDNN packs half-precision weights only where the CPU
+converts them natively (bfloat16: AVX-512 or AVX_NE_CONVERT; float16: AVX512_FP16 or
+AVX_NE_CONVERT): elsewhere the weights stay plain and ``F.linear`` computes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import torch
 from torch import nn
 
+from qrank.kernels import cpu_features
+
 logger = logging.getLogger(__name__)
 
 LINEARS = ("qkv", "o_proj", "gate_up", "down")
@@ -20,12 +24,12 @@ PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    """True where oneDNN can hold this weight prepacked: a half-precision CPU tensor."""
+    """True where oneDNN can hold this weight prepacked: a half-precision CPU tensor of a
+    dtype this CPU packs."""
     return (
         weight.device.type == "cpu"
         and weight.dtype in PACKED_DTYPES
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and cpu_features.onednn_packs(weight.dtype)
     )
 
 

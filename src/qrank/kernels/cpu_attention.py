@@ -5,8 +5,8 @@ own. ATen's flash kernel does this with an explicit mask, one head at a time, at
 GFLOP/s on this project's CPUs; ``csrc/prefix_attention.cpp`` packs each document's keys and
 values once per kv head for oneDNN's AMX micro-kernels (``cpublas::brgemm``), skips the key
 blocks past each query block's causal end, and writes straight into the packed output. It is
-built on first use by :mod:`qrank.models.cpu_kernels`; where it cannot be built or the CPU
-cannot run it, :func:`load` returns ``None`` and the engine keeps SDPA. Given a
+built at start by :mod:`qrank.kernels.build` on CPUs with AMX (and never compiled elsewhere);
+where it cannot be built or run, :func:`load` returns ``None`` and the engine keeps SDPA. Given a
 :class:`NormRope`, it also applies Qwen3's q/k RMS norms and RoPE to the documents' raw rows as
 it reads them, sparing the scorer a pass over q and k.
 """
@@ -18,14 +18,16 @@ from typing import NamedTuple
 
 import torch
 
-from qrank.models import cpu_kernels
+from qrank.kernels import build, cpu_features
 
 Q_BLOCK = 64  # query rows per work item
 
 
 def load() -> ModuleType | None:
-    """The compiled kernel, or ``None`` where it cannot be built or run (logged; SDPA stays)."""
-    return cpu_kernels.load("prefix_attention.cpp")
+    """The compiled kernel, or ``None`` where it cannot be built or run (logged; SDPA stays).
+    oneDNN packs bfloat16 for its micro-kernels on AMX only, so nothing is built without it."""
+    return build.load("prefix_attention.cpp", runs_here=cpu_features.has_amx_bf16,
+                      needs="AMX (amx_bf16)")
 
 
 class NormRope(NamedTuple):

@@ -3,15 +3,16 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_skips import kernel_unavailable
 
-from qrank.models import amx_linear
+from qrank.kernels import amx_linear
 from qrank.models.qwen3 import add_rms_norm, silu_and_mul
 
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
     if amx_linear.load() is None:
-        pytest.skip("the AMX linear kernel cannot be built or run here")
+        pytest.skip(kernel_unavailable("the AMX linear kernel"))
 
 
 def bf16_error_bar(want: torch.Tensor) -> float:

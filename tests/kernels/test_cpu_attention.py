@@ -3,14 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_skips import kernel_unavailable
 
-from qrank.models import cpu_attention
+from qrank.kernels import cpu_attention
 
 
 @pytest.fixture(scope="module")
 def kernel():
     if cpu_attention.load() is None:
-        pytest.skip("the CPU attention kernel cannot be built or run here")
+        pytest.skip(kernel_unavailable("the CPU attention kernel"))
     return cpu_attention.prefix_attention
 
 

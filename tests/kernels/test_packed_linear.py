@@ -1,4 +1,5 @@
-"""Prepacked oneDNN weights multiply exactly as F.linear; padded sequence views read in place."""
+"""Prepacked oneDNN weights multiply exactly as F.linear where the CPU packs them, and stay plain
+where it does not; padded sequence views read in place."""
 
 import pytest
 import torch
@@ -8,12 +9,14 @@ from torch import nn
 
 from qrank import EngineArgs
 from qrank.engine.engine import Engine
-from qrank.models.linear import PackedLinear, can_pack
+from qrank.kernels import cpu_features
+from qrank.kernels.packed_linear import PackedLinear, can_pack
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import seq_view
 
-needs_packing = pytest.mark.skipif(not can_pack(torch.empty(1, dtype=torch.bfloat16)),
-                                   reason="this torch build has no oneDNN linear packing")
+needs_packing = pytest.mark.skipif(
+    not can_pack(torch.empty(1, dtype=torch.bfloat16)),
+    reason="oneDNN cannot pack bfloat16 weights on this CPU (needs AVX-512 or AVX_NE_CONVERT)")
 
 
 @needs_packing
@@ -46,6 +49,23 @@ def test_bf16_cpu_weights_are_packed_and_score_as_plain_weights(tiny_model):
     want = plain.score_tokens(pairs)
     got = packed.score_tokens(pairs)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_weights_are_packed_exactly_where_the_cpu_packs_them(tiny_model, dtype):
+    """Where oneDNN refuses a dtype on this CPU (float16 without AVX512_FP16/AVX_NE_CONVERT,
+    bfloat16 without AVX-512), the layers stay plain and the model still scores."""
+    packs = cpu_features.onednn_packs(dtype)
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(64, 64, dtype=dtype), 16)
+        refused = False
+    except RuntimeError:
+        refused = True
+    assert packs != refused
+    engine = Engine(EngineArgs(str(tiny_model), dtype=str(dtype).removeprefix("torch.")))
+    assert linear_types(engine) == ({PackedLinear} if packs else {nn.Linear})
+    scores = engine.score_tokens(engine.encode(QUERIES[0], DOCUMENTS[:4]))
+    assert all(0.0 < s < 1.0 for s in scores)
 
 
 def test_float32_and_int8_weights_are_not_packed(tiny_model):
