@@ -45,6 +45,7 @@ class EngineArgs:
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     prefix_sharing: bool = True
     prefix_cache_bytes: int = 512 * 1024 * 1024
+    score_cache_entries: int = 0  # off offline, where repeats are rare; the server turns it on
     compile: str | bool = "auto"
     cpu_attention_kernel: str | bool = "auto"
     cpu_linear_kernel: str | bool = "auto"
@@ -67,6 +68,8 @@ class EngineArgs:
                 setattr(self, name, "on" if value else "off")
             elif value not in ("auto", "on", "off"):
                 raise ValueError(f"{name} must be auto, on or off, not {value!r}")
+        if self.score_cache_entries < 0:
+            raise ValueError("score_cache_entries must be 0 (off) or positive")
         if self.data_parallel_size < 1:
             raise ValueError("data_parallel_size must be at least 1")
         if self.data_parallel_size > 1 and self.device != "cpu":

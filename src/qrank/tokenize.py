@@ -34,11 +34,13 @@ class PairTokens:
     ``own`` is the document body followed by the suffix ids; ``shared + own`` is the full prompt.
     ``head``: how many leading ids of ``shared`` are the template's head (the system prefix and
     the ``<Instruct>`` line), common to every query under the same instruction; 0 when unknown.
+    ``salt``: the request's ``cache_salt``; pairs of different salts never share cached scores.
     """
 
     shared: tuple[int, ...]
     own: tuple[int, ...]
     head: int = 0
+    salt: str = ""
 
     def __len__(self) -> int:
         return len(self.shared) + len(self.own)

@@ -19,6 +19,7 @@ from qrank.config import EngineArgs
 from qrank.engine.data_parallel import DataParallelWorkers, split_by_query
 from qrank.engine.prefix_cache import PrefixCache
 from qrank.engine.scheduler import Batch, Scheduler, WorkItem
+from qrank.engine.score_cache import ScoreCache
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
 from qrank.prompts import render_pairs
@@ -54,6 +55,9 @@ class Engine:
         self.model_path = loaded.path
         self.max_model_len = loaded.max_model_len
         self.prefix_cache = PrefixCache(args.prefix_cache_bytes if args.prefix_sharing else 0)
+        self.score_cache = ScoreCache(
+            args.score_cache_entries,
+            namespace=f"{self.model_path}|{self.trunk.dtype}|{args.quantization}|{args.device}")
         self.on_batch: Callable[[BatchStats], None] | None = None
         if (args.resolved_cpu_attention_kernel(self.trunk.shape.hidden_size)
                 and not self.trunk.use_cpu_attention_kernel()):
@@ -67,10 +71,12 @@ class Engine:
         self.workers: DataParallelWorkers | None = None
         if args.data_parallel_size > 1:
             self.workers = DataParallelWorkers(
-                replace(args, data_parallel_size=1, threads=threads), args.data_parallel_size - 1)
-        logger.info("engine ready: %d x %d threads, batch budget %d tokens, prefix cache %d MiB",
-                    args.data_parallel_size, threads, args.max_num_batched_tokens,
-                    self.prefix_cache.capacity >> 20)
+                replace(args, data_parallel_size=1, threads=threads, score_cache_entries=0),
+                args.data_parallel_size - 1)
+        logger.info("engine ready: %d x %d threads, batch budget %d tokens, prefix cache %d MiB, "
+                    "score cache %d entries", args.data_parallel_size, threads,
+                    args.max_num_batched_tokens, self.prefix_cache.capacity >> 20,
+                    self.score_cache.capacity)
 
     # ---- inputs -------------------------------------------------------------------------
     def encode(
@@ -177,9 +183,28 @@ class Engine:
     def score_tokens(self, pairs: list[PairTokens], use_tqdm: bool | None = None) -> list[float]:
         """Scores of tokenized pairs, in their order. A progress bar shows for long jobs.
 
-        With data-parallel workers, the pairs are split by query into one share per engine
-        copy; this process scores the first share while the workers score the others.
+        With the score cache on, pairs seen before are answered from it and a pair repeated
+        within the job is computed once.
         """
+        cache = self.score_cache
+        if not cache.enabled:
+            return self._score_computed(pairs, use_tqdm)
+        keys = [cache.key(p) for p in pairs]
+        scores: list[float | None] = [cache.get(k) for k in keys]
+        first: dict[tuple[int, int], int] = {}
+        for i, s in enumerate(scores):
+            if s is None:
+                first.setdefault(keys[i], i)
+        computed = self._score_computed([pairs[i] for i in first.values()], use_tqdm)
+        fresh = dict(zip(first, computed, strict=True))
+        for key, s in fresh.items():
+            cache.put(key, s)
+        return [fresh[keys[i]] if s is None else s for i, s in enumerate(scores)]
+
+    def _score_computed(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+        """Scores of tokenized pairs, all computed. With data-parallel workers, the pairs are
+        split by query into one share per engine copy; this process scores the first share
+        while the workers score the others."""
         if self.workers is None or len(pairs) < 2:
             return self._score_here(pairs, use_tqdm)
         shares = split_by_query(pairs, len(self.workers) + 1)
@@ -228,6 +253,7 @@ class Engine:
 
     def close(self) -> None:
         self.prefix_cache.clear()
+        self.score_cache.clear()
         if self.workers is not None:
             self.workers.close()
             self.workers = None
@@ -241,11 +267,18 @@ class EngineDeadError(RuntimeError):
     """The worker thread has stopped."""
 
 
+class ScoreFuture(Future):
+    """The Future of one request's scores; ``cached`` counts those the score cache answered."""
+
+    cached: int = 0
+
+
 @dataclass
 class _Request:
     future: Future
     scores: list[float]
     remaining: int
+    keys: list[tuple[int, int]] | None  # score-cache keys, by pair index
 
 
 class AsyncEngine:
@@ -275,26 +308,44 @@ class AsyncEngine:
     def num_pending_pairs(self) -> int:
         return len(self.scheduler)
 
-    def submit(self, pairs: list[PairTokens]) -> Future:
-        """Queue the pairs of one request; the Future resolves to their scores, in order."""
-        future: Future = Future()
+    def submit(self, pairs: list[PairTokens]) -> ScoreFuture:
+        """Queue the pairs of one request; the Future resolves to their scores, in order.
+        Pairs the score cache holds are answered at once and never queued."""
+        future = ScoreFuture()
         if not pairs:
             future.set_result([])
             return future
+        cache = self.engine.score_cache
+        scores = [0.0] * len(pairs)
+        keys = None
+        todo: list[int] = list(range(len(pairs)))
+        if cache.enabled:
+            keys = [cache.key(p) for p in pairs]
+            todo = []
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is None:
+                    todo.append(i)
+                else:
+                    scores[i] = hit
+            future.cached = len(pairs) - len(todo)
+            if not todo:
+                future.set_result(scores)
+                return future
         if len(pairs) > self.max_queued_pairs:
             raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
                              f"{self.max_queued_pairs}: split the request")
         with self._cond:
             if not self.alive or self._stopping:
                 raise EngineDeadError("the engine is not running")
-            if len(self.scheduler) + len(pairs) > self.max_queued_pairs:
+            if len(self.scheduler) + len(todo) > self.max_queued_pairs:
                 raise QueueFullError(
                     f"{len(self.scheduler)} pairs are queued; the limit is {self.max_queued_pairs}"
                 )
             rid = self._next_id
             self._next_id += 1
-            self._requests[rid] = _Request(future, [0.0] * len(pairs), len(pairs))
-            self.scheduler.add([WorkItem(p, (rid, i)) for i, p in enumerate(pairs)])
+            self._requests[rid] = _Request(future, scores, len(todo), keys)
+            self.scheduler.add([WorkItem(pairs[i], (rid, i)) for i in todo])
             self._cond.notify()
         return future
 
@@ -336,6 +387,8 @@ class AsyncEngine:
                         req.future.set_exception(value)
                     continue
                 req.scores[i] = value
+                if req.keys is not None:
+                    self.engine.score_cache.put(req.keys[i], value)
                 req.remaining -= 1
                 if req.remaining == 0:
                     del self._requests[rid]

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -143,6 +143,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     core = engine.engine
     metrics.watch(lambda: engine.num_pending_pairs, lambda: core.prefix_cache.hits,
                   lambda: core.prefix_cache.nbytes)
+    metrics.watch_score_cache(core.score_cache)
     core.on_batch = metrics.observe_batch
     display_name = settings.served_model_names[0]
 
@@ -229,15 +230,18 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                            "truncate_prompt_tokens")
         return truncate_prompt_tokens
 
-    async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any) -> list[PairTokens]:
+    async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any,
+                       salt: str | None = None) -> list[PairTokens]:
         try:
-            return await run_in_threadpool(fn, *args)
+            pairs = await run_in_threadpool(fn, *args)
         except InputTooLongError as exc:
             raise APIError(400, str(exc), "documents") from exc
+        return [replace(p, salt=salt) for p in pairs] if salt else pairs
 
-    async def score(pairs: list[PairTokens]) -> list[float]:
+    async def score(pairs: list[PairTokens]) -> tuple[list[float], int]:
+        """The pairs' scores and how many of them the score cache answered."""
         try:
-            future = engine.submit(pairs)
+            future = await run_in_threadpool(engine.submit, pairs)
         except QueueFullError as exc:
             raise APIError(503, f"the server is busy ({exc}); retry shortly",
                            headers={"Retry-After": "1"}) from exc
@@ -250,7 +254,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         except EngineDeadError as exc:
             raise APIError(503, str(exc)) from exc
         metrics.observe_scored(len(pairs), sum(len(p) for p in pairs))
-        return scores
+        return scores, future.cached
 
     # ---- routes ------------------------------------------------------------------------------
     @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
@@ -263,8 +267,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         check_count(len(docs), "documents")
         pairs = await tokenize(core.encode, req.query, docs, req.instruction,
                                max_length(req.truncate_prompt_tokens), req.truncate,
-                               req.max_tokens_per_doc)
-        scores = await score(pairs)
+                               req.max_tokens_per_doc, salt=req.cache_salt)
+        scores, cached = await score(pairs)
         order = sorted(range(len(docs)), key=lambda i: -scores[i])
         if req.top_n:
             order = order[: req.top_n]
@@ -275,7 +279,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         ]
         tokens = sum(len(p) for p in pairs)
         body = RerankResponse(model=req.model or display_name,
-                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens,
+                                          cached_pairs=cached),
                               results=results).model_dump()
         if not req.return_documents:
             for r in body["results"]:
@@ -293,13 +298,14 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             raise APIError(400, str(exc), "text_2") from exc
         check_count(len(docs), "pairs")
         pairs = await tokenize(core.encode_pairs, queries, docs, req.instruction,
-                               max_length(req.truncate_prompt_tokens), req.truncate)
-        scores = await score(pairs)
+                               max_length(req.truncate_prompt_tokens), req.truncate,
+                               salt=req.cache_salt)
+        scores, cached = await score(pairs)
         tokens = sum(len(p) for p in pairs)
         return ScoreResponse(
             model=req.model or display_name,
             data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
-            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
+            usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, cached_pairs=cached),
         )
 
     @app.get("/v1/models", response_model=ModelList)

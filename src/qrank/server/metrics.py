@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from qrank.engine.engine import BatchStats
+from qrank.engine.score_cache import ScoreCache
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -51,6 +53,10 @@ class ServerMetrics:
         self.prefix_hits.set_function(prefix_hits)
         self.prefix_bytes.set_function(prefix_bytes)
 
+    def watch_score_cache(self, cache: ScoreCache) -> None:
+        """Hits, misses and entries of the score cache, read at scrape time."""
+        self.registry.register(ScoreCacheCollector(cache))
+
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_pairs.observe(stats.num_pairs)
         self.batch_tokens.observe(stats.num_tokens)
@@ -67,3 +73,21 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ScoreCacheCollector:
+    """The score cache's counters as Prometheus metrics, read from the cache when scraped."""
+
+    def __init__(self, cache: ScoreCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.cache
+        yield CounterMetricFamily("qrank_score_cache_hits", "pairs answered from the score "
+                                  "cache", value=c.hits)
+        yield CounterMetricFamily("qrank_score_cache_misses", "pairs looked up in the score "
+                                  "cache and computed", value=c.misses)
+        yield GaugeMetricFamily("qrank_score_cache_entries", "scores held by the score cache",
+                                value=len(c))
+        yield GaugeMetricFamily("qrank_score_cache_capacity", "most scores the score cache "
+                                "holds (0: off)", value=c.capacity)

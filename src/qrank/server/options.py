@@ -20,6 +20,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                    help="largest request body accepted")
     g.add_argument("--max-queued-pairs", type=int, default=100_000,
                    help="pairs waiting in the engine before new requests get 503")
+    g.add_argument("--score-cache-entries", type=int, default=1_000_000,
+                   help="scores of repeated pairs (same token ids and cache_salt) kept and "
+                        "answered without computing them: 1,000,000 take 64 MiB (0: off)")
     g.add_argument("--uvicorn-log-level", default="warning")
     g.add_argument("--shutdown-timeout", type=float, default=60.0,
                    help="seconds to finish in-flight requests after SIGTERM")

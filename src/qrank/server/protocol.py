@@ -44,6 +44,10 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: int | None = Field(
         None, ge=1, description="cut each document's text to this many tokens (Cohere v2)"
     )
+    cache_salt: str | None = Field(
+        None, description="pairs with different salts never share cached scores (vLLM's "
+                          "field; a tenant's own salt keeps its requests apart)"
+    )
 
     def document_texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -65,6 +69,10 @@ class ScoreRequest(BaseModel):
     instruction: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     truncate: bool = Field(True, validation_alias=AliasChoices("truncate", "truncation"))
+    cache_salt: str | None = Field(
+        None, description="pairs with different salts never share cached scores (vLLM's "
+                          "field; a tenant's own salt keeps its requests apart)"
+    )
 
     @model_validator(mode="after")
     def _non_empty(self) -> ScoreRequest:
@@ -76,8 +84,12 @@ class ScoreRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens of every pair, template included, whether computed or answered from the score
+    cache; ``cached_pairs`` (qrank's extension) counts the pairs the cache answered."""
+
     prompt_tokens: int
     total_tokens: int
+    cached_pairs: int = 0
 
 
 class ScoreUsage(Usage):
