@@ -142,3 +142,46 @@ def test_full_queue_gets_503_with_retry_after(limited):
         else:
             assert r.status_code == 200
     assert httpx.get(limited.url + "/health").status_code == 200
+
+
+LONE = "bad \ud800 text"
+STRING_FIELDS = {
+    "/v1/rerank": {"query": "q", "documents": ["a", "b"], "instruction": "i", "model": None,
+                   "cache_salt": "s"},
+    "/score": {"text_1": "q", "text_2": ["a", "b"], "instruction": "i", "model": None,
+               "cache_salt": "s"},
+}
+
+
+def lone_surrogate_cases():
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score"):
+        base = STRING_FIELDS["/score" if "score" in path else "/v1/rerank"]
+        for field, value in base.items():
+            body = {k: v for k, v in base.items() if v is not None and k != field}
+            body[field] = [value[0], LONE] if isinstance(value, list) else LONE
+            yield pytest.param(path, field, body, id=f"{path}-{field}")
+        if "rerank" in path:
+            yield pytest.param(path, "documents", {"query": "q", "documents": [{"text": LONE}]},
+                               id=f"{path}-document-object")
+    yield pytest.param("/v1/score", "text_1", {"text_1": [LONE], "text_2": ["a"]},
+                       id="/v1/score-queries-list")
+
+
+@pytest.mark.parametrize(("path", "field", "body"), list(lone_surrogate_cases()))
+def test_lone_surrogates_get_400_naming_the_field(client, path, field, body):
+    raw = json.dumps(body, ensure_ascii=True).encode()  # keeps "\ud800" as a JSON escape
+    assert b"\\ud800" in raw
+    r = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == 400 and "surrogate" in error["message"]
+    assert error["param"].startswith(field)
+    assert client.get("/health").status_code == 200
+
+
+def test_control_characters_and_nul_are_text_and_score(client):
+    body = {"query": "tab\tnul\u0000bell\u0007", "documents": ["line\nbreak\u0000", "\u001b[0m"]}
+    r = client.post("/v1/rerank", content=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2

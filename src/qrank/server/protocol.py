@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+
+def no_lone_surrogates(value: str) -> str:
+    """Refuse strings that are not text: a JSON escape such as ``"\\ud800"`` decodes to a lone
+    UTF-16 surrogate, which no tokenizer can encode. Control characters and NUL are text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise ValueError(f"holds a lone UTF-16 surrogate (U+{ord(bad):04X}) at character "
+                         f"{exc.start}, which is not text; send valid UTF-8") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_lone_surrogates)]
 
 
 class TextDocument(BaseModel):
     """A document given as an object, as Cohere and Jina clients send it."""
 
-    text: str
+    text: Text
 
 
 class RerankRequest(BaseModel):
@@ -20,16 +35,16 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = Field(None, description="served model name; optional")
-    query: str = Field(..., description="the search query")
-    documents: list[str | TextDocument] = Field(
+    model: Text | None = Field(None, description="served model name; optional")
+    query: Text = Field(..., description="the search query")
+    documents: list[Text | TextDocument] = Field(
         ..., min_length=1, description="texts to rerank, as strings or {'text': ...} objects"
     )
     top_n: int | None = Field(
         None, ge=0, description="return only the n best results (0 or absent: all)"
     )
     return_documents: bool = Field(True, description="echo each document's text in results")
-    instruction: str | None = Field(
+    instruction: Text | None = Field(
         None, description="the <Instruct> line of the Qwen3-Reranker template (default: the "
                           "model card's web-search instruction)"
     )
@@ -44,7 +59,7 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: int | None = Field(
         None, ge=1, description="cut each document's text to this many tokens (Cohere v2)"
     )
-    cache_salt: str | None = Field(
+    cache_salt: Text | None = Field(
         None, description="pairs with different salts never share cached scores (vLLM's "
                           "field; a tenant's own salt keeps its requests apart)"
     )
@@ -58,18 +73,18 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = None
-    text_1: str | list[str] = Field(
+    model: Text | None = None
+    text_1: Text | list[Text] = Field(
         ..., validation_alias=AliasChoices("text_1", "queries"), description="query or queries"
     )
-    text_2: str | list[str] = Field(
+    text_2: Text | list[Text] = Field(
         ..., validation_alias=AliasChoices("text_2", "documents"),
         description="document or documents",
     )
-    instruction: str | None = None
+    instruction: Text | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     truncate: bool = Field(True, validation_alias=AliasChoices("truncate", "truncation"))
-    cache_salt: str | None = Field(
+    cache_salt: Text | None = Field(
         None, description="pairs with different salts never share cached scores (vLLM's "
                           "field; a tenant's own salt keeps its requests apart)"
     )
