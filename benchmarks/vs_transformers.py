@@ -63,15 +63,16 @@ def build_workloads(tokenizer_dir: str, pairs_a: int, pairs_b: int, seed: int
 class QrankRunner:
     def __init__(self, model: str, threads: int, **engine_kwargs) -> None:
         from qrank.config import EngineArgs
-        from qrank.engine.engine import Engine
+        from qrank.engine.data_parallel import create_engine
 
-        self.engine = Engine(EngineArgs(model=model, dtype="bfloat16", threads=threads,
+        self.engine = create_engine(EngineArgs(model=model, dtype="bfloat16", threads=threads,
                                         **engine_kwargs))
 
     def peak_rss(self) -> int:
         """Peak RSS in bytes of this process plus its data-parallel workers' (each its own
         peak, so the sum bounds their total from above)."""
-        workers = self.engine.workers.pids if self.engine.workers is not None else []
+        parallel = self.engine.parallel
+        workers = parallel.workers.pids if parallel is not None else []
         return own_peak_rss() + sum(peak_rss_of(pid) for pid in workers)
 
     def close(self) -> None:

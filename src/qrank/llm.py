@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qrank.config import EngineArgs
-from qrank.engine.engine import Engine
+from qrank.engine.data_parallel import create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Reranker:
 
     def __init__(self, model: str | EngineArgs, **kwargs: Any) -> None:
         args = model if isinstance(model, EngineArgs) else EngineArgs(model=model, **kwargs)
-        self.engine = Engine(args)
+        self.engine = create_engine(args)
 
     @property
     def max_model_len(self) -> int:
@@ -105,7 +105,8 @@ class LLM:
             raise ValueError(f"qrank serves rerankers: task must be 'score', not {task!r}")
         for key in set(kwargs) & IGNORED_VLLM_KWARGS:
             logger.info("ignoring vLLM argument %s=%r", key, kwargs.pop(key))
-        self.engine = Engine(EngineArgs(model=model, hf_overrides=hf_overrides or {}, **kwargs))
+        self.engine = create_engine(EngineArgs(model=model, hf_overrides=hf_overrides or {},
+                                               **kwargs))
         self._counter = 0
 
     def score(

@@ -6,7 +6,7 @@ import pytest
 from inputs import DOCUMENTS
 
 from qrank import EngineArgs
-from qrank.engine.data_parallel import split_by_query
+from qrank.engine.data_parallel import create_engine, split_by_query
 from qrank.engine.engine import AsyncEngine, Engine
 from qrank.tokenize import PairTokens
 
@@ -30,10 +30,10 @@ def test_split_keeps_queries_together_and_balances_tokens():
 
 def test_data_parallel_scores_equal_one_engine(tiny_model):
     single = Engine(EngineArgs(str(tiny_model), dtype="float32", threads=1))
-    parallel = Engine(EngineArgs(str(tiny_model), dtype="float32", threads=2,
-                                 data_parallel_size=2))
+    parallel = create_engine(EngineArgs(str(tiny_model), dtype="float32", threads=2,
+                                        data_parallel_size=2))
     try:
-        assert parallel.workers is not None and parallel.workers.alive
+        assert parallel.parallel is not None and parallel.parallel.workers.alive
         pairs = []
         for q in ["What is the capital of China?", "数据库索引是什么", "q", "how do plants eat"]:
             pairs += single.encode(q, DOCUMENTS[:6])

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from qrank.bench.datasets import RerankRequest, sample_from_namespace
 from qrank.config import engine_args_from_namespace
+from qrank.engine.data_parallel import create_engine
 from qrank.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def main(ns: argparse.Namespace) -> int:
     """Run ``qrank bench throughput``."""
     if ns.num_warmups < 0:
         raise ValueError("--num-warmups must not be negative")
-    engine = Engine(engine_args_from_namespace(ns))
+    engine = create_engine(engine_args_from_namespace(ns))
     try:
         requests = sample_from_namespace(ns, engine.tokenizer.tokenizer)
         logger.info("%d requests, %d pairs", len(requests), ns.num_prompts)

@@ -11,11 +11,50 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 from collections.abc import Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from qrank.config import EngineArgs
+from qrank.engine.engine import Engine
 from qrank.tokenize import PairTokens
+
+
+def create_engine(args: EngineArgs) -> Engine:
+    """An engine for ``args``; with ``data_parallel_size`` > 1, its offline jobs are split
+    over it and ``data_parallel_size - 1`` copies of it in worker processes."""
+    engine = Engine(args)
+    if args.data_parallel_size > 1:
+        engine.parallel = DataParallelScorer(engine, args.data_parallel_size - 1)
+    return engine
+
+
+class DataParallelScorer:
+    """Scores a job's pairs over ``engine`` and ``count`` worker copies of it: the pairs are
+    split by query into one share per copy, and this process scores the first share while
+    the workers score the others."""
+
+    def __init__(self, engine: Engine, count: int) -> None:
+        self.engine = engine
+        args = replace(engine.args, data_parallel_size=1,
+                       threads=engine.args.threads_per_engine(), score_cache_entries=0)
+        self.workers = DataParallelWorkers(args, count)
+
+    def __call__(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+        shares = split_by_query(pairs, len(self.workers) + 1)
+        self.workers.send([[pairs[i] for i in share] for share in shares[1:]])
+        try:
+            here = self.engine.score_here([pairs[i] for i in shares[0]], use_tqdm)
+        finally:
+            there = self.workers.receive()
+        scores = [0.0] * len(pairs)
+        for share, share_scores in zip(shares, [here, *there], strict=True):
+            for i, s in zip(share, share_scores, strict=True):
+                scores[i] = s
+        return scores
+
+    def close(self) -> None:
+        self.workers.close()
 
 
 def split_by_query(pairs: Sequence[PairTokens], parts: int) -> list[list[int]]:
@@ -43,8 +82,6 @@ def split_by_query(pairs: Sequence[PairTokens], parts: int) -> list[list[int]]:
 
 def _serve(conn: Connection, args: EngineArgs) -> None:
     """A worker process: load an engine, then score the shares it is sent until ``None``."""
-    from qrank.engine.engine import Engine
-
     try:
         engine = Engine(args)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it

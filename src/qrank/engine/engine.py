@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from qrank.config import EngineArgs
-from qrank.engine.data_parallel import DataParallelWorkers, split_by_query
 from qrank.engine.prefix_cache import PrefixCache
 from qrank.engine.scheduler import Batch, Scheduler, WorkItem
 from qrank.engine.score_cache import ScoreCache
@@ -38,8 +37,20 @@ class BatchStats:
     seconds: float
 
 
+class ParallelScorer(Protocol):
+    """Scores a job's pairs over several engine copies (:mod:`qrank.engine.data_parallel`)."""
+
+    def __call__(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
 class Engine:
-    """Loads a model once and scores tokenized pairs in batches (one thread)."""
+    """Loads a model once and scores tokenized pairs in batches (one thread).
+
+    ``parallel``, when set (by :func:`qrank.engine.data_parallel.create_engine`), scores
+    offline jobs over this engine and copies of it in other processes.
+    """
 
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
@@ -68,11 +79,7 @@ class Engine:
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()
             self.warm_up()
-        self.workers: DataParallelWorkers | None = None
-        if args.data_parallel_size > 1:
-            self.workers = DataParallelWorkers(
-                replace(args, data_parallel_size=1, threads=threads, score_cache_entries=0),
-                args.data_parallel_size - 1)
+        self.parallel: ParallelScorer | None = None
         logger.info("engine ready: %d x %d threads, batch budget %d tokens, prefix cache %d MiB, "
                     "score cache %d entries", args.data_parallel_size, threads,
                     args.max_num_batched_tokens, self.prefix_cache.capacity >> 20,
@@ -202,24 +209,12 @@ class Engine:
         return [fresh[keys[i]] if s is None else s for i, s in enumerate(scores)]
 
     def _score_computed(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
-        """Scores of tokenized pairs, all computed. With data-parallel workers, the pairs are
-        split by query into one share per engine copy; this process scores the first share
-        while the workers score the others."""
-        if self.workers is None or len(pairs) < 2:
-            return self._score_here(pairs, use_tqdm)
-        shares = split_by_query(pairs, len(self.workers) + 1)
-        self.workers.send([[pairs[i] for i in share] for share in shares[1:]])
-        try:
-            here = self._score_here([pairs[i] for i in shares[0]], use_tqdm)
-        finally:
-            there = self.workers.receive()
-        scores = [0.0] * len(pairs)
-        for share, share_scores in zip(shares, [here, *there], strict=True):
-            for i, s in zip(share, share_scores, strict=True):
-                scores[i] = s
-        return scores
+        """Scores of tokenized pairs, all computed, here or over the engine copies."""
+        if self.parallel is None or len(pairs) < 2:
+            return self.score_here(pairs, use_tqdm)
+        return self.parallel(pairs, use_tqdm)
 
-    def _score_here(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+    def score_here(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
         """Scores of tokenized pairs, in their order, from this process's engine."""
         scheduler = self.make_scheduler()
         items = [WorkItem(p, i) for i, p in enumerate(pairs)]
@@ -254,9 +249,9 @@ class Engine:
     def close(self) -> None:
         self.prefix_cache.clear()
         self.score_cache.clear()
-        if self.workers is not None:
-            self.workers.close()
-            self.workers = None
+        if self.parallel is not None:
+            self.parallel.close()
+            self.parallel = None
 
 
 class QueueFullError(RuntimeError):
@@ -286,7 +281,7 @@ class AsyncEngine:
     batched together and each gets a Future of its scores."""
 
     def __init__(self, engine: Engine, max_queued_pairs: int = 100_000) -> None:
-        if engine.workers is not None:
+        if engine.parallel is not None:
             raise ValueError("data-parallel workers score offline jobs (score_tokens); the "
                              "async engine runs batches on its own engine")
         self.engine = engine
