@@ -4,9 +4,9 @@
 turns each group of finished output columns into its result while it is still in cache: the
 gate-up projection writes ``silu(gate) * up``, never its [tokens, 2 x intermediate] product.
 :class:`AmxLinear` is the plain product, which oneDNN beats; the engine uses only
-:class:`AmxGateUpSiLU` (README). Built at start by :mod:`qrank.kernels.build` on CPUs with
-AMX (never compiled elsewhere); where it cannot be built or run, :func:`load` returns ``None``
-and the layers stay on oneDNN.
+:class:`AmxGateUpSiLU` (docs/performance.md). Built at start by :mod:`qrank.kernels.build` on
+CPUs with AMX (never compiled elsewhere); where it cannot be built or run, :func:`load` returns
+``None`` and the layers stay on oneDNN.
 """
 
 from __future__ import annotations

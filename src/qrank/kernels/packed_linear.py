@@ -3,9 +3,9 @@
 oneDNN's bf16 AMX kernels want the weight in a blocked layout. ``F.linear`` on a plain weight
 reorders it on every call; a weight reordered once at load time (``mkldnn._reorder_linear_weight``)
 skips that, which made the decoder's matmuls 7–12% faster on this project's CPUs (measured in
-the README) with bit-identical results. oneDNN packs half-precision weights only where the CPU
-converts them natively (bfloat16: AVX-512 or AVX_NE_CONVERT; float16: AVX512_FP16 or
-AVX_NE_CONVERT): elsewhere the weights stay plain and ``F.linear`` computes.
+docs/performance.md) with bit-identical results. oneDNN packs half-precision weights only
+where the CPU converts them natively (bfloat16: AVX-512 or AVX_NE_CONVERT; float16: AVX512_FP16
+or AVX_NE_CONVERT): elsewhere the weights stay plain and ``F.linear`` computes.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Weights are stored as int8 with one float scale per output channel (symmetric, absmax / 127)
 and dequantized to the compute dtype just before each matmul. This halves the memory of the
 decoder's weights; it does not make the matmuls faster on CPUs whose bf16 AMX path is faster
-than any int8 path torch offers (measured in the README), and it moves scores a little (the
-error is measured in tests/models/test_quantization.py and documented in the README).
+than any int8 path torch offers (measured in docs/performance.md), and it moves scores a little (the
+error is measured in tests/models/test_quantization.py and documented in docs/performance.md).
 """
 
 from __future__ import annotations

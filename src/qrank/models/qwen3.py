@@ -241,7 +241,7 @@ class Qwen3Scorer(nn.Module):
 
         On the CPU each graph gets inductor's C++ wrapper: a call then skips the Python
         wrapper's per-call work, which made workload (b) 1.07x faster with bit-identical
-        scores (5 of 5 interleaved rounds, README).
+        scores (5 of 5 interleaved rounds, docs/performance.md).
         """
         if self.device.type == "cpu":
             options["options"] = {"cpp_wrapper": True, **options.get("options", {})}
@@ -257,7 +257,8 @@ class Qwen3Scorer(nn.Module):
     def use_fused_gate_up(self) -> bool:
         """Run each gate-up projection on a kernel with SiLU·up fused in where this device has
         one for its weights (:func:`qrank.kernels.fused_gate_up`); returns whether every layer
-        took it. The other projections stay on oneDNN, which multiplies faster (README)."""
+        took it. The other projections stay on oneDNN, which multiplies faster
+        (docs/performance.md)."""
         layers = [block.gate_up for block in self.layers]
         if not all(kernels.is_plain_linear(layer) for layer in layers):
             return False
