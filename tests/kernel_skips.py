@@ -6,5 +6,5 @@ from qrank.kernels import cpu_features
 def kernel_unavailable(kernel: str) -> str:
     """The skip reason for ``kernel``, naming this CPU and what it lacks."""
     if not cpu_features.has_amx_bf16():
-        return f"{kernel} needs AMX (amx_bf16); this CPU ({cpu_features.cpu_model()}) has none"
-    return f"{kernel} could not be built here (a C++ compiler and ninja are needed)"
+        return f"{kernel}: needs AMX (amx_bf16); this CPU ({cpu_features.cpu_model()}) has none"
+    return f"{kernel}: could not be built here (a C++ compiler and ninja are needed)"
