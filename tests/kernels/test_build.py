@@ -49,3 +49,23 @@ def test_describe_names_the_cpu_and_its_paths():
     # AMX and AVX-512 BF16 imply AVX-512, which oneDNN packs bfloat16 on
     if info["amx_bf16"] or info["avx512_bf16"]:
         assert info["avx512"] and info["onednn_packs_bf16"]
+
+
+def test_without_a_compiler_the_engine_runs_eager_with_one_warning(tiny_model):
+    """No g++ on PATH: torch.compile is skipped with one warning, the kernels are not built,
+    and the engine scores."""
+    script = (
+        "import logging; logging.basicConfig(level=logging.INFO, format='%(message)s');"
+        "from qrank import EngineArgs; from qrank.engine.engine import Engine;"
+        f"e = Engine(EngineArgs({str(tiny_model)!r}, dtype='float32', compile='on'));"
+        "print(e.score_tokens(e.encode('q', ['a', 'b'])))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CXX"}
+    env["PATH"] = os.path.dirname(sys.executable)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no C++ compiler") == 1
+    assert "compiling the decoder" not in done.stderr
+    scores = [float(s) for s in done.stdout.strip().strip("[]").split(",")]
+    assert len(scores) == 2 and all(0 < s < 1 for s in scores)

@@ -19,6 +19,7 @@ from qrank.config import EngineArgs
 from qrank.engine.prefix_cache import PrefixCache
 from qrank.engine.scheduler import Batch, Scheduler, WorkItem
 from qrank.engine.score_cache import ScoreCache
+from qrank.kernels.build import find_compiler
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
 from qrank.prompts import render_pairs
@@ -75,7 +76,12 @@ class Engine:
             log = logger.warning if args.cpu_attention_kernel == "on" else logger.info
             log("the CPU attention kernel is not in use (it runs bfloat16 on CPUs that oneDNN "
                 "can pack for); attention stays on SDPA")
-        if args.resolved_compile(self.trunk.shape.hidden_size):
+        compile_now = args.resolved_compile(self.trunk.shape.hidden_size)
+        if compile_now and self.trunk.device.type == "cpu" and find_compiler() is None:
+            logger.warning("no C++ compiler (install g++ or set CXX): the decoder runs eager, "
+                           "without torch.compile's fused element-wise work")
+            compile_now = False
+        if compile_now:
             logger.info("compiling the decoder's element-wise work (torch.compile)")
             self.trunk.compile()
             self.warm_up()

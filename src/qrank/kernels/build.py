@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,14 @@ logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
+
+
+def find_compiler() -> str | None:
+    """The C++ compiler torch builds with ($CXX, else g++, c++ or clang++), or ``None``."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def cache_dir() -> Path:
@@ -41,6 +50,10 @@ def load(source: str, extra_flags: tuple[str, ...] = (),
     log); where it says no, nothing is compiled. A module's ``supported()`` confirms it."""
     if not runs_here():
         logger.info("CPU kernel %s not built: this CPU lacks %s", source, needs or "its features")
+        return None
+    if find_compiler() is None:
+        logger.warning("CPU kernel %s not built: no C++ compiler (install g++ or set CXX); its "
+                       "PyTorch path runs instead", source)
         return None
     from torch.utils.cpp_extension import load as load_extension
 
