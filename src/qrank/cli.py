@@ -27,7 +27,7 @@ def cmd_make_test_model(ns: argparse.Namespace) -> int:
     calibrate = None if ns.calibrate is None else ns.calibrate == "true"
     path = write_test_model(ns.out_dir, ns.tokenizer, shape=ns.shape, fmt=ns.format,
                             dtype=ns.dtype, seed=ns.seed, shards=ns.shards,
-                            tie_word_embeddings=tie, calibrate_head=calibrate)
+                            tie_word_embeddings=tie, calibrate_head=calibrate, progress=True)
     print(path)
     return 0
 
