@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Qwen3 tokenizer from ../shared and tiny random checkpoints."""
+"""Shared fixtures: the real Qwen3 tokenizer (see paths.find_tokenizer) and tiny random
+checkpoints."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paths import TOKENIZER_DIR  # noqa: E402
+from paths import find_tokenizer  # noqa: E402
 
 
 def require_tokenizer() -> Path:
-    if not (TOKENIZER_DIR / "tokenizer.json").is_file():
-        pytest.skip(f"the real Qwen3 tokenizer is not at {TOKENIZER_DIR} (../shared is absent); "
-                    "set QRANK_SHARED to the folder that holds qwen3-tokenizer/")
-    return TOKENIZER_DIR
+    """The tokenizer directory, or skip the test saying how to get one."""
+    found = find_tokenizer()
+    if found.path is None:
+        pytest.skip(found.skip_reason())
+    return found.path
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import textwrap
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -121,18 +123,66 @@ def parse_json_dict(text: str, name: str) -> dict[str, Any]:
     return value
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the engine flags, spelled as vLLM spells them, to a parser."""
+# vLLM flags that mean nothing here, accepted so vLLM command lines run as they are and ignored
+# with a warning; True: the flag takes a value. (--max-num-seqs and the others qrank implements
+# are real flags, above.)
+IGNORED_VLLM_FLAGS: dict[str, bool] = {
+    "tensor-parallel-size": True, "pipeline-parallel-size": True,
+    "gpu-memory-utilization": True, "swap-space": True, "cpu-offload-gb": True,
+    "runner": True, "convert": True, "task": True, "max-num-seqs-per-batch": True,
+    "distributed-executor-backend": True, "tokenizer-mode": True, "kv-cache-dtype": True,
+    "load-format": True, "block-size": True,
+    "enforce-eager": False, "trust-remote-code": False, "disable-log-stats": False,
+    "disable-log-requests": False, "enable-prefix-caching": False,
+    "no-enable-prefix-caching": False, "enable-chunked-prefill": False,
+    "no-enable-chunked-prefill": False, "disable-custom-all-reduce": False,
+}
+
+
+class IgnoredFlag(argparse.Action):
+    """Accept a vLLM flag and note it in ``namespace.ignored_vllm_flags`` (see
+    :func:`warn_ignored_flags`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        ignored = list(getattr(namespace, "ignored_vllm_flags", None) or [])
+        namespace.ignored_vllm_flags = [*ignored, option_string]
+
+
+def add_ignored_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Accept IGNORED_VLLM_FLAGS (dashes or underscores) without listing each in --help."""
+    names = ", ".join(f"--{name}" for name in IGNORED_VLLM_FLAGS)
+    g = parser.add_argument_group("vLLM flags accepted and ignored", textwrap.fill(
+        f"they mean nothing on qrank's engine; a warning names them: {names}", width=78,
+        initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False))
+    for name, takes_value in IGNORED_VLLM_FLAGS.items():
+        spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
+        g.add_argument(*spellings, action=IgnoredFlag, nargs=None if takes_value else 0,
+                       dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def warn_ignored_flags(ns: argparse.Namespace, log: logging.Logger) -> None:
+    """One warning line naming the vLLM flags that were given and are ignored."""
+    flags = getattr(ns, "ignored_vllm_flags", None)
+    if flags:
+        log.warning("ignoring vLLM flag(s) that mean nothing in qrank: %s",
+                    ", ".join(dict.fromkeys(flags)))
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser,
+                         common: argparse._ArgumentGroup | None = None) -> None:
+    """Add the engine flags, spelled as vLLM spells them, to a parser; the most used ones
+    (--dtype, --max-model-len, --device) go to ``common`` when given, listed first in --help."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's)")
-    g.add_argument("--revision", default=None, help="Hub revision of the model")
-    g.add_argument("--dtype", default="auto", choices=DTYPES,
+    c = common or g
+    c.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="weights and activations dtype; auto = bfloat16 on CPUs with AVX-512 "
                         "BF16 or AMX and on GPUs, else float32 (the score head stays float32)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    g.add_argument("--max-model-len", "--max_model_len", type=int, default=None,
+    c.add_argument("--max-model-len", "--max_model_len", type=int, default=None,
                    help=f"longest input in tokens; longer ones are truncated in the document "
                         f"(default {DEFAULT_MAX_MODEL_LEN}, capped by the model)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's)")
+    g.add_argument("--revision", default=None, help="Hub revision of the model")
     g.add_argument("--max-num-batched-tokens", "--max_num_batched_tokens", type=int,
                    default=EngineArgs.max_num_batched_tokens,
                    help="token budget of one forward batch (3072: the middle of the "
@@ -161,6 +211,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "auto: on for real-sized models on the CPU; off: oneDNN)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
+    add_ignored_vllm_arguments(parser)
 
 
 def engine_args_from_namespace(ns: argparse.Namespace) -> EngineArgs:

@@ -12,11 +12,13 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -146,45 +148,78 @@ def weight_specs(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...], flo
     return specs
 
 
-def draw_weights(config: dict[str, Any], seed: int, dtype: torch.dtype = torch.float32):
-    """Yield (name, tensor) of random causal-LM weights one at a time, reproducibly."""
+Rows = dict[str, dict[int, torch.Tensor]]  # tensor name -> {row index: replacement row}
+
+
+def draw_weights(config: dict[str, Any], seed: int, dtype: torch.dtype = torch.float32,
+                 rows: Rows | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) of random causal-LM weights one at a time, reproducibly.
+
+    Values are drawn in bfloat16, as real checkpoints hold them (a float32 reference and a
+    bfloat16 run then use the same weights and differ only by activation rounding), straight
+    into the tensor: no float32 copy. ``rows`` replaces rows after drawing (the calibrated head).
+    """
     g = torch.Generator().manual_seed(seed)
     for name, shape, std, mean in weight_specs(config):
-        t = torch.randn(*shape, generator=g)
-        t.mul_(std).add_(mean)
-        # bfloat16-representable values, as real checkpoints hold: a float32 reference and a
-        # bfloat16 run then use the same weights and differ only by activation rounding.
-        yield name, t.to(torch.bfloat16).to(dtype)
+        t = torch.empty(shape, dtype=torch.bfloat16).normal_(mean, std, generator=g)
+        for row, value in (rows or {}).get(name, {}).items():
+            t[row] = value
+        yield name, t if dtype == torch.bfloat16 else t.to(dtype)
 
 
-def _head_source(weights: dict[str, torch.Tensor]) -> str:
-    return "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+def _head_source(config: dict[str, Any]) -> str:
+    return "model.embed_tokens.weight" if config["tie_word_embeddings"] else "lm_head.weight"
 
 
-def calibrate(model_dir: Path, weights: dict[str, torch.Tensor], yes: int, no: int,
-              rounds: int = 3) -> None:
-    """Set the yes/no rows so that logits of varied pairs have mean 0 and std ``LOGIT_STD``.
+def calibration_plan(config: dict[str, Any]) -> tuple[int, list[tuple[str, str]]]:
+    """(rounds, pairs) of :func:`calibrate`: every query against every document, three rounds,
+    for test shapes; one round over :data:`CALIBRATION_PAIRS` for real-sized ones, whose float32
+    forward is slow (the yes/no rows barely move their hidden states: rows of norm ~30)."""
+    if config["hidden_size"] < 512:
+        queries = dict.fromkeys(q for q, _ in CALIBRATION_PAIRS)
+        return 3, [(q, d) for q in queries for _, d in CALIBRATION_PAIRS]
+    return 1, list(CALIBRATION_PAIRS)
+
+
+def calibrate(model_dir: Path, config: dict[str, Any], seed: int, yes: int, no: int,
+              progress: bool = False) -> Rows:
+    """The yes row of the head such that logits of varied pairs have mean 0 and std
+    ``LOGIT_STD``; returned as ``rows`` for :func:`draw_weights`.
 
     The head points along the direction in which the last hidden state varies most across
     pairs, so context moves the score as much as possible for the head's norm (which keeps the
     score's sensitivity to bfloat16 rounding low); its sign ranks each calibration query's
-    relevant document first. Runs qrank's own float32 forward. With tied embeddings the rows
-    are also input embeddings (the prompt's prefix contains "yes" and "no"), hence a few rounds.
+    relevant document first. Runs qrank's own float32 forward on a bfloat16 checkpoint written
+    to ``model_dir`` (the same values). With tied embeddings the rows are also input
+    embeddings (the prompt's prefix contains "yes" and "no"), hence a few rounds.
     """
     from qrank.config import EngineArgs
     from qrank.engine.engine import Engine
 
-    queries = [q for q, _ in CALIBRATION_PAIRS]
-    docs = [d for _, d in CALIBRATION_PAIRS]
-    pairs = [(q, d) for q in dict.fromkeys(queries) for d in docs]
+    rounds, pairs = calibration_plan(config)
     relevant = torch.tensor([float(i % 2 == 0) for i in range(len(CALIBRATION_PAIRS))])
-    src = _head_source(weights)
-    for _ in range(rounds):
-        _write_shards(model_dir, iter(weights.items()), {}, shards=1)
+    src = _head_source(config)
+    rows: Rows = {}
+    no_row: list[torch.Tensor] = []
+
+    def keep_no_row(tensors):
+        for name, t in tensors:
+            if name == src:
+                no_row.append(t[no].to(torch.float64))
+            yield name, t
+
+    for i in range(rounds):
+        logger.info("calibrating the yes/no head: round %d of %d, %d pairs", i + 1, rounds,
+                    len(pairs))
+        tensors = keep_no_row(draw_weights(config, seed, torch.bfloat16, rows))
+        _write_shards(model_dir, tensors, _sizes(config, "original", 2), shards=1,
+                      progress=progress)
         engine = Engine(EngineArgs(model=str(model_dir), dtype="float32", prefix_cache_bytes=0,
-                                   compile="off"))
+                                   compile="off", cpu_attention_kernel="off",
+                                   cpu_linear_kernel="off"))
         hidden = engine.hidden_states(pairs).to(torch.float64)  # [n, h] after the final norm
         engine.close()
+        del engine
         centred = hidden - hidden.mean(0)
         direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
         logits = centred @ direction
@@ -196,23 +231,32 @@ def calibrate(model_dir: Path, weights: dict[str, torch.Tensor], yes: int, no: i
         # logit = h . w - bias; remove the bias with a component along the mean direction
         mean_h = hidden.mean(0)
         w = w - bias / float(mean_h @ mean_h) * mean_h
-        weights[src][yes] = (weights[src][no].to(torch.float64) + w).to(torch.bfloat16).float()
+        rows = {src: {yes: (no_row[-1] + w).to(torch.bfloat16)}}
+    return rows
 
 
 SHARD_BYTES = 4 * 1024**3
+WEIGHTS_FILE = "model.safetensors"
 
 
-def _write_shards(model_dir: Path, tensors, sizes: dict[str, int], shards: int) -> None:
+def _sizes(config: dict[str, Any], fmt: str, item: int) -> dict[str, int]:
+    """Bytes of each tensor written for ``fmt``, in the order they are written."""
+    sizes = {n: math.prod(sh) * item for n, sh, _, _ in weight_specs(config)}
+    if fmt != "original":
+        sizes.pop("lm_head.weight", None)
+        sizes["score.weight"] = (1 if fmt == "seq-cls" else 2) * config["hidden_size"] * item
+    return sizes
+
+
+def _write_shards(model_dir: Path, tensors: Iterable[tuple[str, torch.Tensor]],
+                  sizes: dict[str, int], shards: int, progress: bool = False) -> None:
     """Write (name, tensor) pairs, consumed one at a time, to ``shards`` files (+ index).
 
     ``sizes`` gives each tensor's bytes in order; shards take near-equal parts, none empty.
+    Only one shard's tensors are held at once (safetensors writes from their memory).
     """
     for old in model_dir.glob("model*.safetensors*"):
         old.unlink()
-    metadata = {"format": "pt"}
-    if shards <= 1:
-        save_file(dict(tensors), str(model_dir / "model.safetensors"), metadata=metadata)
-        return
     if len(sizes) < shards:
         raise ValueError(f"cannot split {len(sizes)} tensors into {shards} shards")
     total = sum(sizes.values())
@@ -225,34 +269,42 @@ def _write_shards(model_dir: Path, tensors, sizes: dict[str, int], shards: int) 
             current += 1
         shard_of[name] = current
         done += size
-    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    if shards <= 1:
+        files = [WEIGHTS_FILE]
+    else:
+        files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    metadata = {"format": "pt"}
     part: dict[str, torch.Tensor] = {}
     current = 0
-    for name, tensor in tensors:
-        if shard_of[name] != current and part:
-            save_file(part, str(model_dir / files[current]), metadata=metadata)
-            part = {}
-        current = shard_of[name]
-        part[name] = tensor
-    save_file(part, str(model_dir / files[current]), metadata=metadata)
-    weight_map = {name: files[i] for name, i in shard_of.items()}
-    doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (model_dir / "model.safetensors.index.json").write_text(json.dumps(doc, indent=2))
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {model_dir.name}",
+              disable=not progress) as bar:
+        for name, tensor in tensors:
+            if shard_of[name] != current and part:
+                save_file(part, str(model_dir / files[current]), metadata=metadata)
+                part = {}
+            current = shard_of[name]
+            part[name] = tensor
+            bar.update(sizes[name])
+        save_file(part, str(model_dir / files[current]), metadata=metadata)
+    if shards > 1:
+        weight_map = {name: files[i] for name, i in shard_of.items()}
+        doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (model_dir / "model.safetensors.index.json").write_text(json.dumps(doc, indent=2))
 
 
-def _final_tensors(config, weights, seed, fmt, yes, no, dtype):
+def _final_tensors(config: dict[str, Any], seed: int, rows: Rows, fmt: str, yes: int, no: int,
+                   dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream the tensors to write: causal-LM weights, or their seq-cls conversion."""
-    source = weights.items() if weights is not None else draw_weights(config, seed)
-    head_src = "model.embed_tokens.weight" if config["tie_word_embeddings"] else "lm_head.weight"
-    rows = None
-    for name, tensor in source:
+    head_src = _head_source(config)
+    head = None
+    for name, tensor in draw_weights(config, seed, torch.bfloat16, rows):
         if name == head_src:
-            rows = tensor[[no, yes]].to(torch.float32).clone()
+            head = tensor[[no, yes]].to(torch.float32)
         if fmt != "original" and name == "lm_head.weight":
             continue
         yield name, tensor.to(dtype).contiguous()
     if fmt != "original":
-        score = (rows[1] - rows[0])[None] if fmt == "seq-cls" else rows
+        score = (head[1] - head[0])[None] if fmt == "seq-cls" else head
         yield "score.weight", score.to(dtype).contiguous()
 
 
@@ -266,12 +318,15 @@ def write_test_model(
     shards: int | None = None,
     tie_word_embeddings: bool | None = None,
     calibrate_head: bool | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write a random checkpoint; returns its directory.
 
-    ``shards`` None picks one file up to 4 GiB and enough shards beyond. Tiny and 0.6B models
-    are calibrated (see :func:`calibrate`) unless ``calibrate_head`` is False; larger ones are
-    not (it runs the model in float32), and their scores saturate near 0 or 1.
+    ``shards`` None picks one file up to 4 GiB and enough shards beyond. Tiny, small and 0.6B
+    models are calibrated (see :func:`calibrate`) unless ``calibrate_head`` is False; larger
+    ones are not (it runs the model in float32), and their scores saturate near 0 or 1.
+    Tensors are drawn and written one shard at a time, so memory peaks near the largest
+    shard (or, while calibrating, near the model in float32); ``progress`` shows a bar.
     """
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
@@ -293,21 +348,17 @@ def write_test_model(
 
     config = make_config(shape, "original", dtype, tie_word_embeddings)
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    weights = None
+    rows: Rows = {}
     if calibrate_head if calibrate_head is not None else shape in CALIBRATED_SHAPES:
-        weights = dict(draw_weights(config, seed))
-        calibrate(out, weights, yes, no)
+        rows = calibrate(out, config, seed, yes, no, progress=progress)
 
-    item = torch.empty((), dtype=torch_dtype).element_size()
-    sizes = {n: math.prod(sh) * item for n, sh, _, _ in weight_specs(config)}
+    sizes = _sizes(config, fmt, torch.empty((), dtype=torch_dtype).element_size())
     if fmt != "original":
-        sizes.pop("lm_head.weight", None)
-        sizes["score.weight"] = (1 if fmt == "seq-cls" else 2) * config["hidden_size"] * item
         (out / "config.json").write_text(
             json.dumps(make_config(shape, fmt, dtype, tie_word_embeddings), indent=2))
     if shards is None:
         shards = max(1, math.ceil(sum(sizes.values()) / SHARD_BYTES))
-    tensors = _final_tensors(config, weights, seed, fmt, yes, no, torch_dtype)
-    _write_shards(out, tensors, sizes, shards)
+    tensors = _final_tensors(config, seed, rows, fmt, yes, no, torch_dtype)
+    _write_shards(out, tensors, sizes, shards, progress=progress)
     logger.info("wrote %s (%s, %s, %s, %d shard(s))", out, shape, fmt, dtype, shards)
     return out

@@ -16,32 +16,40 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                    help="document lengths are drawn in [L(1-r), L(1+r)]")
     g.add_argument("--random-batch-size", type=int, default=1,
                    help="documents per rerank request")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the random dataset")
 
 
 def add_bench_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """vLLM ``bench serve`` flags that apply to rerank servers."""
-    parser.add_argument("--backend", default="vllm-rerank", choices=["vllm-rerank"])
+    parser.add_argument("--backend", default="vllm-rerank", choices=["vllm-rerank"],
+                        help="the request format (vLLM's rerank API)")
     parser.add_argument("--model", required=True, help="model name sent in requests")
     parser.add_argument("--served-model-name", default=None,
                         help="name sent in requests when it differs from --model")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer directory (default: --model)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="the server's address")
+    parser.add_argument("--port", type=int, default=8000, help="the server's port")
     parser.add_argument("--base-url", default=None, help="overrides --host and --port")
-    parser.add_argument("--endpoint", default="/v1/rerank")
+    parser.add_argument("--endpoint", default="/v1/rerank", help="path requests are sent to")
     parser.add_argument("--request-rate", type=float, default=float("inf"),
                         help="requests per second (inf: all at once); Poisson arrivals")
     parser.add_argument("--burstiness", type=float, default=1.0,
                         help="gamma shape of inter-arrival times (1: Poisson)")
-    parser.add_argument("--max-concurrency", type=int, default=None)
-    parser.add_argument("--num-warmups", type=int, default=0)
-    parser.add_argument("--disable-tqdm", action="store_true")
-    parser.add_argument("--save-result", action="store_true")
-    parser.add_argument("--save-detailed", action="store_true")
-    parser.add_argument("--result-dir", default=None)
-    parser.add_argument("--result-filename", default=None)
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="most requests in flight (default: no limit)")
+    parser.add_argument("--num-warmups", type=int, default=0,
+                        help="requests sent before timing")
+    parser.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    parser.add_argument("--save-result", action="store_true",
+                        help="write the results as JSON (see --result-dir)")
+    parser.add_argument("--save-detailed", action="store_true",
+                        help="with --save-result, add every request's latency")
+    parser.add_argument("--result-dir", default=None,
+                        help="directory of the result JSON (default: the current one)")
+    parser.add_argument("--result-filename", default=None,
+                        help="name of the result JSON (default: from backend, rate, model and "
+                             "time, as vLLM names it)")
     parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE")
     parser.add_argument("--percentile-metrics", default="e2el",
                         help="comma-separated metrics to report percentiles of (e2el)")
@@ -49,8 +57,10 @@ def add_bench_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated percentiles, e.g. 25,50,99")
     parser.add_argument("--api-key", default=None,
                         help="Bearer token (default: $OPENAI_API_KEY or $QRANK_API_KEY)")
-    parser.add_argument("--ready-check-timeout-sec", type=int, default=600)
-    parser.add_argument("--request-timeout", type=float, default=6 * 3600)
+    parser.add_argument("--ready-check-timeout-sec", type=int, default=600,
+                        help="seconds to wait for the server to answer before starting")
+    parser.add_argument("--request-timeout", type=float, default=6 * 3600,
+                        help="seconds before one request fails")
     parser.add_argument("--plot", action="store_true",
                         help="write a latency histogram PNG beside the result JSON")
     add_dataset_arguments(parser)

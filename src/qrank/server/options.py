@@ -6,13 +6,19 @@ import argparse
 import os
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser,
+                         common: argparse._ArgumentGroup | None = None) -> None:
+    """Add the server flags; --host, --port, --served-model-name and --api-key go to
+    ``common`` when given, listed first in --help."""
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--served-model-name", "--served_model_name", nargs="+", default=None,
+    c = common or g
+    c.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
+    c.add_argument("--port", type=int, default=8000, help="port to listen on")
+    c.add_argument("--served-model-name", "--served_model_name", nargs="+", default=None,
                    help="name(s) clients use in 'model' (default: the model argument)")
-    g.add_argument("--api-key", "--api_key", default=os.environ.get("QRANK_API_KEY"),
+    # the key's value is never shown: the help names the variable, not its default
+    c.add_argument("--api-key", "--api_key", default=os.environ.get("QRANK_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $QRANK_API_KEY)")
     g.add_argument("--max-docs-per-request", type=int, default=1000,
                    help="most documents (or pairs) in one request")
@@ -23,6 +29,6 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--score-cache-entries", type=int, default=1_000_000,
                    help="scores of repeated pairs (same token ids and cache_salt) kept and "
                         "answered without computing them: 1,000,000 take 64 MiB (0: off)")
-    g.add_argument("--uvicorn-log-level", default="warning")
+    g.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's own log level")
     g.add_argument("--shutdown-timeout", type=float, default=60.0,
                    help="seconds to finish in-flight requests after SIGTERM")
