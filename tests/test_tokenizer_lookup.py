@@ -98,11 +98,11 @@ def test_a_plain_clone_runs_the_fidelity_tests_with_qrank_tokenizer(tmp_path, to
     where = subprocess.run([sys.executable, "-c", "import qrank; print(qrank.__file__)"],
                            env=env, capture_output=True, text=True, timeout=60).stdout
     assert where.startswith(str(clone / "src")), where
-    select = "spread or (float32 and eager)"
+    select = "truncated"  # a fidelity test against transformers; the cheapest to set up
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/models/test_fidelity.py", "-k", select],
         cwd=clone, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "2 passed" in out and "skipped" not in out, out
+    assert "1 passed" in out and "skipped" not in out, out
