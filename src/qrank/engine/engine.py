@@ -74,8 +74,8 @@ class Engine:
         if (args.resolved_cpu_attention_kernel(self.trunk.shape.hidden_size)
                 and not self.trunk.use_cpu_attention_kernel()):
             log = logger.warning if args.cpu_attention_kernel == "on" else logger.info
-            log("the CPU attention kernel is not in use (it runs bfloat16 on CPUs that oneDNN "
-                "can pack for); attention stays on SDPA")
+            log("the CPU attention kernel is not in use (it runs bfloat16 on CPUs with AMX); "
+                "attention stays on SDPA")
         compile_now = args.resolved_compile(self.trunk.shape.hidden_size)
         if compile_now and self.trunk.device.type == "cpu" and find_compiler() is None:
             logger.warning("no C++ compiler (install g++ or set CXX): the decoder runs eager, "
@@ -202,8 +202,7 @@ class Engine:
         cache = self.score_cache
         if not cache.enabled:
             return self._score_computed(pairs, use_tqdm)
-        keys = [cache.key(p) for p in pairs]
-        scores: list[float | None] = [cache.get(k) for k in keys]
+        keys, scores = cache.lookup(pairs)
         first: dict[tuple[int, int], int] = {}
         for i, s in enumerate(scores):
             if s is None:
@@ -316,26 +315,21 @@ class AsyncEngine:
         if not pairs:
             future.set_result([])
             return future
+        if len(pairs) > self.max_queued_pairs:
+            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
+                             f"{self.max_queued_pairs}: split the request")
         cache = self.engine.score_cache
         scores = [0.0] * len(pairs)
         keys = None
         todo: list[int] = list(range(len(pairs)))
         if cache.enabled:
-            keys = [cache.key(p) for p in pairs]
-            todo = []
-            for i, key in enumerate(keys):
-                hit = cache.get(key)
-                if hit is None:
-                    todo.append(i)
-                else:
-                    scores[i] = hit
+            keys, found = cache.lookup(pairs)
+            todo = [i for i, hit in enumerate(found) if hit is None]
+            scores = [0.0 if hit is None else hit for hit in found]
             future.cached = len(pairs) - len(todo)
             if not todo:
                 future.set_result(scores)
                 return future
-        if len(pairs) > self.max_queued_pairs:
-            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
-                             f"{self.max_queued_pairs}: split the request")
         with self._cond:
             if not self.alive or self._stopping:
                 raise EngineDeadError("the engine is not running")

@@ -76,6 +76,11 @@ class ScoreCache:
         raw = digest.digest()
         return int.from_bytes(raw[:8], "little") | 1, int.from_bytes(raw[8:], "little")
 
+    def lookup(self, pairs: list[PairTokens]) -> tuple[list[tuple[int, int]], list[float | None]]:
+        """Each pair's key and its cached score (``None``: a miss), counted as :meth:`get`."""
+        keys = [self.key(p) for p in pairs]
+        return keys, [self.get(k) for k in keys]
+
     def get(self, key: tuple[int, int]) -> float | None:
         """The score cached under ``key`` (now the most recent), or ``None``; counted."""
         if not self.capacity:

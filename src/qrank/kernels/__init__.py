@@ -16,6 +16,7 @@ from torch import nn
 from qrank.kernels import amx_linear, cpu_attention
 from qrank.kernels.cpu_attention import NormRope
 from qrank.kernels.fused import FusedGateUp
+from qrank.kernels.packed_linear import PackedLinear
 
 __all__ = ["FusedGateUp", "NormRope", "fused_gate_up", "prefix_attention"]
 
@@ -40,6 +41,4 @@ def fused_gate_up(weight: torch.Tensor) -> FusedGateUp | None:
 
 def is_plain_linear(layer: nn.Module) -> bool:
     """A float linear layer a kernel may take over (not quantized, not fused already)."""
-    from qrank.kernels.packed_linear import PackedLinear
-
     return type(layer) in (nn.Linear, PackedLinear)
