@@ -181,6 +181,18 @@ def calibration_plan(config: dict[str, Any]) -> tuple[int, list[tuple[str, str]]
     return 1, list(CALIBRATION_PAIRS)
 
 
+def calibration_dtype(config: dict[str, Any]) -> str:
+    """The forward's dtype while calibrating: float32 for test shapes; for real-sized ones
+    bfloat16, the checkpoint's own type, where the CPU computes it natively (AVX-512 BF16 or
+    AMX), so the model is held at the checkpoint's size rather than twice it. The head's
+    direction is unmoved by bfloat16 rounding of the hidden states; elsewhere bfloat16 runs
+    ~15x slower than float32, which is kept."""
+    from qrank.kernels.cpu_features import has_avx512_bf16
+
+    big = config["hidden_size"] >= 512
+    return "bfloat16" if big and has_avx512_bf16() else "float32"
+
+
 def calibrate(model_dir: Path, config: dict[str, Any], seed: int, yes: int, no: int,
               progress: bool = False) -> Rows:
     """The yes row of the head such that logits of varied pairs have mean 0 and std
@@ -189,8 +201,8 @@ def calibrate(model_dir: Path, config: dict[str, Any], seed: int, yes: int, no: 
     The head points along the direction in which the last hidden state varies most across
     pairs, so context moves the score as much as possible for the head's norm (which keeps the
     score's sensitivity to bfloat16 rounding low); its sign ranks each calibration query's
-    relevant document first. Runs qrank's own float32 forward on a bfloat16 checkpoint written
-    to ``model_dir`` (the same values). With tied embeddings the rows are also input
+    relevant document first. Runs qrank's own forward, in :func:`calibration_dtype`, on a
+    bfloat16 checkpoint written to ``model_dir`` (the same values). With tied embeddings the rows are also input
     embeddings (the prompt's prefix contains "yes" and "no"), hence a few rounds.
     """
     from qrank.config import EngineArgs
@@ -214,7 +226,8 @@ def calibrate(model_dir: Path, config: dict[str, Any], seed: int, yes: int, no: 
         tensors = keep_no_row(draw_weights(config, seed, torch.bfloat16, rows))
         _write_shards(model_dir, tensors, _sizes(config, "original", 2), shards=1,
                       progress=progress)
-        engine = Engine(EngineArgs(model=str(model_dir), dtype="float32", prefix_cache_bytes=0,
+        engine = Engine(EngineArgs(model=str(model_dir), dtype=calibration_dtype(config),
+                                   prefix_cache_bytes=0,
                                    compile="off", cpu_attention_kernel="off",
                                    cpu_linear_kernel="off"))
         hidden = engine.hidden_states(pairs).to(torch.float64)  # [n, h] after the final norm
@@ -326,7 +339,7 @@ def write_test_model(
     models are calibrated (see :func:`calibrate`) unless ``calibrate_head`` is False; larger
     ones are not (it runs the model in float32), and their scores saturate near 0 or 1.
     Tensors are drawn and written one shard at a time, so memory peaks near the largest
-    shard (or, while calibrating, near the model in float32); ``progress`` shows a bar.
+    shard (or, while calibrating, near the model in :func:`calibration_dtype`); ``progress`` shows a bar.
     """
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
