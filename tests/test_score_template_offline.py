@@ -85,3 +85,17 @@ def test_st_layout_scores_as_sentence_transformers(st_model, reranker):
     model = st.CrossEncoder(str(st_model), model_kwargs={"torch_dtype": "float32"})
     got = [float(s) for s in model.predict([(QUERY, d) for d in DOCS])]
     assert got == pytest.approx(reranker.score(QUERY, DOCS), abs=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["original", "seq-cls"])
+def test_st_layout_files_are_read_back(tmp_path, fmt):
+    from qrank.models.loader import read_sentence_transformers_layout
+
+    assert read_sentence_transformers_layout(tmp_path) is None
+    write_st_layout(tmp_path, fmt, yes=9693, no=2152, instruction=OTHER)
+    layout = read_sentence_transformers_layout(tmp_path)
+    assert layout.token_ids == ([2152, 9693] if fmt == "original" else None)
+    assert layout.instruction == OTHER
+    assert layout.chat_template == QWEN3_TEMPLATE_FILE.read_text(encoding="utf-8")
+    assert layout.template_variables == {"add_generation_prompt": False}
+    assert layout.activation == "torch.nn.modules.activation.Sigmoid"
