@@ -116,3 +116,11 @@ def test_read_template_takes_a_file_or_the_template_itself(tmp_path):
     assert read_template("{{ messages }}") == "{{ messages }}"
     with pytest.raises(TemplateError, match="no such file"):
         read_template(str(tmp_path / "missing.jinja"))
+
+
+def test_inputs_already_rendered_with_the_template_pass_through(card_template):
+    query = SYSTEM_PREFIX + "<Instruct>: i\n<Query>: q\n"
+    docs = ["<Document>: a" + SUFFIX, "<Document>: b" + SUFFIX]
+    pairs = card_template.render(query, docs, "ignored")
+    assert [p.text for p in pairs] == [query + d for d in docs]
+    assert pairs == render_pairs(query, docs)
