@@ -135,3 +135,26 @@ def test_a_hub_id_without_network_says_what_to_do(tmp_path):
                            "q", "d"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert "Hugging Face cache" in proc.stderr and "local directory" in proc.stderr
+
+
+def test_vllm_model_modes_are_what_a_reranker_is_and_others_are_refused(capsys):
+    from qrank.cli import build_parser
+
+    ns = build_parser().parse_args(["serve", "m", "--runner", "pooling", "--convert",
+                                    "classify", "--task", "score", "--chat-template", "t.jinja"])
+    assert (ns.runner, ns.convert, ns.task, ns.chat_template) == (
+        "pooling", "classify", "score", "t.jinja")
+    for flag, value in (("--runner", "generate"), ("--convert", "embed"), ("--task", "embed")):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["serve", "m", flag, value])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"qrank serves rerankers: {flag[2:]} must be one of" in err and repr(value) in err
+
+
+def test_make_test_model_st_layout_flag(tmp_path, tokenizer_dir):
+    from qrank.cli import build_parser
+
+    ns = build_parser().parse_args(["make-test-model", str(tmp_path), "--tokenizer",
+                                    str(tokenizer_dir), "--layout", "st"])
+    assert ns.layout == "st"

@@ -27,7 +27,8 @@ def cmd_make_test_model(ns: argparse.Namespace) -> int:
     calibrate = None if ns.calibrate is None else ns.calibrate == "true"
     path = write_test_model(ns.out_dir, ns.tokenizer, shape=ns.shape, fmt=ns.format,
                             dtype=ns.dtype, seed=ns.seed, shards=ns.shards,
-                            tie_word_embeddings=tie, calibrate_head=calibrate, progress=True)
+                            tie_word_embeddings=tie, calibrate_head=calibrate, progress=True,
+                            layout=ns.layout)
     print(path)
     return 0
 
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--format", default="original",
                     choices=["original", "seq-cls", "seq-cls-2way"],
                     help="the release's causal-LM layout, or a sequence-classification one")
+    mk.add_argument("--layout", default="hf", choices=["hf", "st"],
+                    help="hf: the release's files; st: also the Sentence Transformers v6 "
+                         "CrossEncoder files (modules.json, prompt, chat template, LogitScore)")
     mk.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                     help="dtype of the written weights")
     mk.add_argument("--seed", type=int, default=0, help="seed of the random weights")

@@ -33,6 +33,8 @@ class EngineArgs:
 
     Defaults serve well on one machine. ``hf_overrides`` takes vLLM's recipe keys
     (``architectures``, ``classifier_from_token``, ``is_original_qwen3_reranker``).
+    ``chat_template``: a Jinja score template (a file or the template's text) rendering the
+    prompts instead of the built-in one (:mod:`qrank.score_template`).
     """
 
     model: str
@@ -54,6 +56,7 @@ class EngineArgs:
     quantization: str | None = None
     seed: int = 0
     data_parallel_size: int = 1
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.hf_overrides, str):
@@ -129,7 +132,7 @@ def parse_json_dict(text: str, name: str) -> dict[str, Any]:
 IGNORED_VLLM_FLAGS: dict[str, bool] = {
     "tensor-parallel-size": True, "pipeline-parallel-size": True,
     "gpu-memory-utilization": True, "swap-space": True, "cpu-offload-gb": True,
-    "runner": True, "convert": True, "task": True, "max-num-seqs-per-batch": True,
+    "max-num-seqs-per-batch": True,
     "distributed-executor-backend": True, "tokenizer-mode": True, "kv-cache-dtype": True,
     "load-format": True, "block-size": True,
     "enforce-eager": False, "trust-remote-code": False, "disable-log-stats": False,
@@ -137,6 +140,35 @@ IGNORED_VLLM_FLAGS: dict[str, bool] = {
     "no-enable-prefix-caching": False, "enable-chunked-prefill": False,
     "no-enable-chunked-prefill": False, "disable-custom-all-reduce": False,
 }
+
+
+# vLLM's model-mode flags: the values that mean "run this model as a reranker"; any other value
+# asks for something qrank does not do
+RERANKER_MODES: dict[str, tuple[str, ...]] = {
+    "runner": ("auto", "pooling"),
+    "convert": ("auto", "classify"),
+    "task": ("auto", "score", "classify"),
+}
+
+
+def check_reranker_mode(name: str, value: str | None) -> str | None:
+    """``value`` of vLLM's ``--runner``/``--convert``/``--task`` when it means a reranker;
+    else a ValueError naming the values that do."""
+    if value is None or value in RERANKER_MODES[name]:
+        return value
+    raise ValueError(f"qrank serves rerankers: {name} must be one of "
+                     f"{', '.join(RERANKER_MODES[name])}, not {value!r}")
+
+
+def _mode_type(name: str):
+    def parse(value: str) -> str:
+        try:
+            return check_reranker_mode(name, value) or value
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parse.__name__ = name  # argparse names the type in its errors
+    return parse
 
 
 class IgnoredFlag(argparse.Action):
@@ -211,6 +243,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                         "auto: on for real-sized models on the CPU; off: oneDNN)")
     g.add_argument("--quantization", "-q", default=None, choices=["int8"],
                    help="int8 weight-only quantization of the linear layers (opt-in)")
+    g.add_argument("--chat-template", "--chat_template", default=None, metavar="FILE",
+                   help="a Jinja score template of vLLM's kind (roles query and document; "
+                        "instruction and chat_template_kwargs as variables) rendering the "
+                        "prompts instead of the built-in Qwen3-Reranker one; a file, or the "
+                        "template's text")
+    for name, values in RERANKER_MODES.items():
+        g.add_argument(f"--{name}", type=_mode_type(name), default=None,
+                       help=f"vLLM's --{name}; a reranker is {' or '.join(values)}, "
+                            "which is what qrank runs")
     add_ignored_vllm_arguments(parser)
 
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from qrank.config import EngineArgs
+from qrank.config import EngineArgs, check_reranker_mode
 from qrank.engine.data_parallel import create_engine
 
 logger = logging.getLogger(__name__)
@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 # vLLM constructor arguments that have no meaning here; accepted so vLLM scripts run.
 IGNORED_VLLM_KWARGS = {
     "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "enforce_eager",
-    "trust_remote_code", "swap_space", "cpu_offload_gb", "disable_log_stats", "runner",
-    "convert", "enable_prefix_caching", "max_num_seqs_per_batch", "distributed_executor_backend",
+    "trust_remote_code", "swap_space", "cpu_offload_gb", "disable_log_stats",
+    "enable_prefix_caching", "max_num_seqs_per_batch", "distributed_executor_backend",
     "disable_custom_all_reduce", "tokenizer_mode", "kv_cache_dtype", "load_format",
 }
 
@@ -66,6 +66,9 @@ class Reranker:
 
     >>> reranker = Reranker("Qwen/Qwen3-Reranker-0.6B")
     >>> reranker.rerank("capital of China?", ["Beijing is ...", "Gravity is ..."], top_n=1)
+
+    ``chat_template=`` (a file or a Jinja template's text) renders prompts with a score
+    template; ``chat_template_kwargs`` of :meth:`score` are then its variables.
     """
 
     def __init__(self, model: str | EngineArgs, **kwargs: Any) -> None:
@@ -77,16 +80,18 @@ class Reranker:
         return self.engine.max_model_len
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
-              use_tqdm: bool | None = None) -> list[float]:
+              use_tqdm: bool | None = None,
+              chat_template_kwargs: dict[str, Any] | None = None) -> list[float]:
         """Relevance of each document to the query, in the documents' order."""
-        return self.engine.score_tokens(self.engine.encode(query, documents, instruction),
-                                        use_tqdm=use_tqdm)
+        pairs = self.engine.encode(query, documents, instruction,
+                                   chat_template_kwargs=chat_template_kwargs)
+        return self.engine.score_tokens(pairs, use_tqdm=use_tqdm)
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
-               instruction: str | None = None, use_tqdm: bool | None = None
-               ) -> list[ScoreOutput]:
+               instruction: str | None = None, use_tqdm: bool | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> list[ScoreOutput]:
         """Documents sorted by relevance, best first, with their original index."""
-        scores = self.score(query, documents, instruction, use_tqdm)
+        scores = self.score(query, documents, instruction, use_tqdm, chat_template_kwargs)
         ranked = sorted(range(len(documents)), key=lambda i: -scores[i])
         if top_n is not None:
             ranked = ranked[: max(0, top_n)]
@@ -97,12 +102,17 @@ class Reranker:
 
 
 class LLM:
-    """vLLM's offline ``LLM`` for scoring: ``LLM(model, task="score").score(q, docs)``."""
+    """vLLM's offline ``LLM`` for scoring: ``LLM(model, task="score").score(q, docs)``.
+
+    ``runner="pooling"``, ``convert="classify"`` and ``task="score"`` are what a reranker is;
+    ``chat_template=`` renders prompts with a Jinja score template."""
 
     def __init__(self, model: str, task: str = "score", hf_overrides: dict | None = None,
+                 runner: str | None = None, convert: str | None = None,
                  **kwargs: Any) -> None:
-        if task not in ("score", "auto", "classify"):
-            raise ValueError(f"qrank serves rerankers: task must be 'score', not {task!r}")
+        check_reranker_mode("task", task)
+        check_reranker_mode("runner", runner)
+        check_reranker_mode("convert", convert)
         for key in set(kwargs) & IGNORED_VLLM_KWARGS:
             logger.info("ignoring vLLM argument %s=%r", key, kwargs.pop(key))
         self.engine = create_engine(EngineArgs(model=model, hf_overrides=hf_overrides or {},
@@ -118,12 +128,18 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
         instruction: str | None = None,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> list[ScoringRequestOutput]:
         """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``."""
+        if chat_template is not None:
+            raise ValueError("qrank takes the score template once, as LLM(model, "
+                             "chat_template=...), not per score() call")
         queries, documents = pair_up(data_1, data_2)
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
-        toks = self.engine.encode_pairs(queries, documents, instruction, max_length)
+        toks = self.engine.encode_pairs(queries, documents, instruction, max_length,
+                                        chat_template_kwargs=chat_template_kwargs)
         many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
         scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many)
         outputs = []

@@ -6,12 +6,14 @@ A scored pair is split in two texts, each a plain string:
   for every document of a query, so the engine can compute it once;
 * the *document body*: ``<Document>: {doc}``, always followed by the template suffix.
 
-Concatenating them gives exactly the model card's ``prefix + body + suffix``.
+Concatenating them gives exactly the model card's ``prefix + body + suffix``. A Jinja score
+template (:mod:`qrank.score_template`) renders into the same two sides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 SYSTEM_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -34,16 +36,49 @@ class PromptPair:
 
     ``query_side`` is the system prefix followed by the query body (instruction and query);
     ``doc_body`` is the document body, without the suffix that always follows it. The whole
-    prompt is ``query_side + doc_body + SUFFIX``.
+    prompt is ``query_side + doc_body + suffix``. ``head_chars``: how many leading characters
+    of ``query_side`` are the template's head, common to every query (None: up to the
+    ``<Query>`` line, as the built-in template has it).
     """
 
     query_side: str
     doc_body: str
+    suffix: str = SUFFIX
+    head_chars: int | None = None
 
     @property
     def text(self) -> str:
         """The whole prompt as one string."""
-        return self.query_side + self.doc_body + SUFFIX
+        return self.query_side + self.doc_body + self.suffix
+
+
+class ScoreTemplate(Protocol):
+    """How (query, document) pairs become prompt text: the built-in template or a Jinja one.
+
+    ``prefix`` starts every prompt, ``suffix`` ends it (with no request variables), and
+    ``doc_label`` is the text of a document body before the document itself.
+    """
+
+    prefix: str
+    suffix: str
+    doc_label: str
+
+    def render(self, query: str, documents: list[str], instruction: str | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> list[PromptPair]: ...
+
+
+class BuiltinTemplate:
+    """The model card's template (:func:`render_pairs`); it takes no template variables."""
+
+    prefix = SYSTEM_PREFIX
+    suffix = SUFFIX
+    doc_label = DOCUMENT_TEMPLATE.split("{", 1)[0]
+
+    def render(self, query: str, documents: list[str], instruction: str | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> list[PromptPair]:
+        if instruction is None and chat_template_kwargs:
+            instruction = chat_template_kwargs.get("instruction")
+        return render_pairs(query, documents, instruction)
 
 
 def is_preformatted(query: str, documents: list[str]) -> bool:

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 VOCAB_SIZE = 151669
 LOGIT_STD = 2.0  # target spread of calibrated logits
 FORMATS = ("original", "seq-cls", "seq-cls-2way")
+# "hf": the releases' layout; "st": a Sentence Transformers v6 CrossEncoder around it
+LAYOUTS = ("hf", "st")
+ST_VERSION = "6.3.0"  # the version whose CrossEncoder.save_pretrained the "st" files follow
 
 # Real shapes of Qwen3-Reranker-0.6B/4B/8B, and two small ones for tests ("small": every
 # size a multiple of 32, as qrank's AMX kernels take them).
@@ -202,8 +205,9 @@ def calibrate(model_dir: Path, config: dict[str, Any], seed: int, yes: int, no: 
     pairs, so context moves the score as much as possible for the head's norm (which keeps the
     score's sensitivity to bfloat16 rounding low); its sign ranks each calibration query's
     relevant document first. Runs qrank's own forward, in :func:`calibration_dtype`, on a
-    bfloat16 checkpoint written to ``model_dir`` (the same values). With tied embeddings the rows are also input
-    embeddings (the prompt's prefix contains "yes" and "no"), hence a few rounds.
+    bfloat16 checkpoint written to ``model_dir`` (the same values). With tied embeddings the
+    rows are also input embeddings (the prompt's prefix contains "yes" and "no"), hence a few
+    rounds.
     """
     from qrank.config import EngineArgs
     from qrank.engine.engine import Engine
@@ -332,6 +336,7 @@ def write_test_model(
     tie_word_embeddings: bool | None = None,
     calibrate_head: bool | None = None,
     progress: bool = False,
+    layout: str = "hf",
 ) -> Path:
     """Write a random checkpoint; returns its directory.
 
@@ -339,8 +344,12 @@ def write_test_model(
     models are calibrated (see :func:`calibrate`) unless ``calibrate_head`` is False; larger
     ones are not (it runs the model in float32), and their scores saturate near 0 or 1.
     Tensors are drawn and written one shard at a time, so memory peaks near the largest
-    shard (or, while calibrating, near the model in :func:`calibration_dtype`); ``progress`` shows a bar.
+    shard (or, while calibrating, near the model in :func:`calibration_dtype`); ``progress``
+    shows a bar. ``layout="st"`` adds the files of a Sentence Transformers v6 CrossEncoder
+    (:func:`write_st_layout`).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
     if fmt not in FORMATS:
@@ -373,5 +382,54 @@ def write_test_model(
         shards = max(1, math.ceil(sum(sizes.values()) / SHARD_BYTES))
     tensors = _final_tensors(config, seed, rows, fmt, yes, no, torch_dtype)
     _write_shards(out, tensors, sizes, shards, progress=progress)
-    logger.info("wrote %s (%s, %s, %s, %d shard(s))", out, shape, fmt, dtype, shards)
+    if layout == "st":
+        write_st_layout(out, fmt, yes, no)
+    logger.info("wrote %s (%s, %s, %s, %s layout, %d shard(s))", out, shape, fmt, dtype,
+                layout, shards)
     return out
+
+
+def _dump(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def write_st_layout(out: Path, fmt: str, yes: int, no: int,
+                    instruction: str | None = None) -> None:
+    """Add to a checkpoint the files Sentence Transformers v6 writes for a CrossEncoder around
+    it (``CrossEncoder.save_pretrained``): modules.json, the Transformer module's
+    sentence_bert_config.json, config_sentence_transformers.json (the default prompt, i.e. the
+    instruction, and the activation), chat_template.jinja (the model card's prompt, reading
+    the instruction from the system message Sentence Transformers passes the prompt in) and,
+    for the causal-LM format, the LogitScore module with the yes/no token ids."""
+    from qrank.prompts import DEFAULT_INSTRUCTION
+    from qrank.score_template import QWEN3_TEMPLATE_FILE
+
+    causal = fmt == "original"
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.base.modules.transformer.Transformer"}]
+    if causal:
+        modules.append({"idx": 1, "name": "1", "path": "1_LogitScore",
+                        "type": "sentence_transformers.cross_encoder.modules.logit_score."
+                                "LogitScore"})
+        _dump(out / "1_LogitScore" / "config.json",
+              {"true_token_id": yes, "false_token_id": no, "module_input_name": "causal_logits"})
+    _dump(out / "modules.json", modules)
+    output = "logits"
+    _dump(out / "sentence_bert_config.json", {
+        "transformer_task": "text-generation" if causal else "sequence-classification",
+        "modality_config": {
+            "text": {"method": "forward", "method_output_name": output},
+            "message": {"method": "forward", "method_output_name": output, "format": "flat"},
+        },
+        "module_output_name": "causal_logits" if causal else "scores",
+        "processing_kwargs": {"chat_template": {"add_generation_prompt": False}},
+    })
+    _dump(out / "config_sentence_transformers.json", {
+        "__version__": {"sentence_transformers": ST_VERSION},
+        "activation_fn": "torch.nn.modules.activation.Sigmoid",
+        "default_prompt_name": "web_search",
+        "model_type": "CrossEncoder",
+        "prompts": {"web_search": instruction or DEFAULT_INSTRUCTION},
+    })
+    shutil.copyfile(QWEN3_TEMPLATE_FILE, out / "chat_template.jinja")

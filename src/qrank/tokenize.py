@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from qrank.prompts import DOCUMENT_TEMPLATE, QUERY_LINE, SUFFIX, SYSTEM_PREFIX, PromptPair
+from qrank.prompts import QUERY_LINE, BuiltinTemplate, PromptPair, ScoreTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +51,28 @@ class PairTokens:
 
 
 class RerankTokenizer:
-    """Encodes prompt pairs for the reranker; caches the query side of recent queries."""
+    """Encodes prompt pairs for the reranker; caches the query side of recent queries.
 
-    def __init__(self, tokenizer: Tokenizer, query_cache_size: int = 256) -> None:
+    ``template`` gives the fixed pieces (prefix, suffix, document label); default: built-in."""
+
+    def __init__(self, tokenizer: Tokenizer, query_cache_size: int = 256,
+                 template: ScoreTemplate | None = None) -> None:
         self.tokenizer = tokenizer
-        self.prefix_ids = tuple(self._encode(SYSTEM_PREFIX))
-        self.suffix_ids = tuple(self._encode(SUFFIX))
+        template = template or BuiltinTemplate()
+        self.prefix = template.prefix
+        self.suffix = template.suffix
+        self.prefix_ids = tuple(self._encode(self.prefix))
+        self.suffix_ids = tuple(self._encode(self.suffix))
         # "<Document>:" before the text; the space after it joins the text's first word
-        self.doc_label_len = len(self._encode(DOCUMENT_TEMPLATE.split("{", 1)[0].rstrip()))
+        self.doc_label_len = len(self._encode(template.doc_label.rstrip()))
         self._query_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._lock = threading.Lock()  # the server tokenizes in several threads
 
     @classmethod
-    def from_file(cls, path: str | Path) -> RerankTokenizer:
-        return cls(Tokenizer.from_file(str(path)))
+    def from_file(cls, path: str | Path, template: ScoreTemplate | None = None
+                  ) -> RerankTokenizer:
+        return cls(Tokenizer.from_file(str(path)), template=template)
 
     def token_id(self, token: str) -> int:
         """The id of a single vocabulary token, e.g. ``"yes"``; KeyError when it is not one."""
@@ -95,12 +102,19 @@ class RerankTokenizer:
                 self._query_cache.popitem(last=False)
         return ids
 
-    def head_length(self, query_side: str, shared: tuple[int, ...]) -> int:
+    def head_length(self, query_side: str, shared: tuple[int, ...],
+                    head_chars: int | None = None) -> int:
         """How many leading ids of ``shared`` (the ids of ``query_side``) are the template's
-        head: the text up to the ``<Query>`` line, or the system prefix where there is none.
-        Checked on the ids, so a head that does not tokenize as a prefix of the whole is 0."""
-        cut = query_side.find(QUERY_LINE)
-        head = self.encode_query_side(query_side[: cut + 1] if cut >= 0 else SYSTEM_PREFIX)
+        head: its first ``head_chars`` characters when given, else the text up to the
+        ``<Query>`` line, or the template's prefix where there is none. Checked on the ids, so
+        a head that does not tokenize as a prefix of the whole is 0."""
+        if head_chars is not None:
+            if head_chars <= 0:
+                return 0
+            head = self.encode_query_side(query_side[:head_chars])
+        else:
+            cut = query_side.find(QUERY_LINE)
+            head = self.encode_query_side(query_side[: cut + 1] if cut >= 0 else self.prefix)
         n = len(head)
         return n if n <= len(shared) and shared[:n] == head else 0
 
@@ -124,17 +138,19 @@ class RerankTokenizer:
         for p, ids in zip(pairs, body_ids, strict=True):
             shared = self.encode_query_side(p.query_side)
             if p.query_side not in heads:
-                heads[p.query_side] = self.head_length(p.query_side, shared)
-            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side]))
+                heads[p.query_side] = self.head_length(p.query_side, shared, p.head_chars)
+            suffix = None if p.suffix == self.suffix else self.encode_query_side(p.suffix)
+            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side], suffix))
         return out
 
     def fit(
         self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True,
-        head: int = 0,
+        head: int = 0, suffix: tuple[int, ...] | None = None,
     ) -> PairTokens:
         """Assemble one pair, cutting the document body, then the query side, to fit; ``head``
-        is the query side's head length (:meth:`head_length`)."""
-        suffix = self.suffix_ids
+        is the query side's head length (:meth:`head_length`); ``suffix``: ids ending this pair
+        when they are not the template's."""
+        suffix = self.suffix_ids if suffix is None else suffix
         total = len(shared) + len(body) + len(suffix)
         if total <= max_length:
             return PairTokens(shared, (*body, *suffix), head)

@@ -22,7 +22,6 @@ from qrank.engine.score_cache import ScoreCache
 from qrank.kernels.build import find_compiler
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
-from qrank.prompts import render_pairs
 from qrank.tokenize import PairTokens
 
 logger = logging.getLogger(__name__)
@@ -63,6 +62,7 @@ class Engine:
         self.trunk = loaded.trunk
         self.head = loaded.head
         self.tokenizer = loaded.tokenizer
+        self.template = loaded.template
         self.config = loaded.config
         self.model_path = loaded.path
         self.max_model_len = loaded.max_model_len
@@ -100,15 +100,18 @@ class Engine:
         max_length: int | None = None,
         truncate: bool = True,
         max_doc_tokens: int | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[PairTokens]:
-        """Template and tokenize one query with its documents."""
+        """Template and tokenize one query with its documents; ``chat_template_kwargs`` are
+        variables of a Jinja score template (the built-in template reads ``instruction``)."""
         limit = min(max_length or self.max_model_len, self.max_model_len)
-        pairs = render_pairs(query, documents, instruction)
+        pairs = self.template.render(query, documents, instruction, chat_template_kwargs)
         return self.tokenizer.encode_pairs(pairs, limit, truncate, max_doc_tokens)
 
     def encode_pairs(
         self, queries: list[str], documents: list[str], instruction: str | None = None,
         max_length: int | None = None, truncate: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[PairTokens]:
         """Tokenize N:N pairs, grouping equal queries so each is rendered once."""
         by_query: dict[str, list[int]] = {}
@@ -116,8 +119,9 @@ class Engine:
             by_query.setdefault(q, []).append(i)
         out: list[PairTokens | None] = [None] * len(queries)
         for q, idx in by_query.items():
-            for i, toks in zip(idx, self.encode(q, [documents[i] for i in idx], instruction,
-                                                 max_length, truncate), strict=True):
+            toks_q = self.encode(q, [documents[i] for i in idx], instruction, max_length,
+                                 truncate, chat_template_kwargs=chat_template_kwargs)
+            for i, toks in zip(idx, toks_q, strict=True):
                 out[i] = toks
         return out  # type: ignore[return-value]
 

@@ -1,4 +1,5 @@
-"""Find a checkpoint (local dir, Hugging Face Hub cache, ModelScope cache) and read its files.
+"""Find a checkpoint (local dir, Hugging Face Hub cache, ModelScope cache) and read its files,
+including the Sentence Transformers CrossEncoder files that name a prompt template and a head.
 
 Weights are read lazily from (sharded) safetensors, so a caller takes only the tensors it needs:
 the full vocabulary head of a causal-LM checkpoint is never loaded, only two of its rows.
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,7 @@ def resolve_model_path(name: str, revision: str | None = None) -> Path:
 def _from_hub(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.txt"]
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja"]  # jinja: score templates
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                       local_files_only=True))
@@ -156,3 +158,85 @@ class SafetensorsCheckpoint:
     def shape(self, name: str) -> list[int]:
         with safe_open(self._file(name), framework="pt") as f:
             return list(f.get_slice(name).get_shape())
+
+
+ST_MODULES = "modules.json"
+ST_MODEL_CONFIG = "config_sentence_transformers.json"
+ST_TRANSFORMER_CONFIG = "sentence_bert_config.json"
+ST_LOGIT_SCORE = "LogitScore"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+
+
+@dataclass
+class SentenceTransformersLayout:
+    """What a Sentence Transformers (v6) CrossEncoder checkpoint says beyond config.json.
+
+    ``token_ids``: the LogitScore module's ``[false, true]`` vocabulary ids (``[true]`` alone
+    when it has no false token; None for a sequence-classification checkpoint);
+    ``chat_template``: the template rendering a (query, document) pair, or None;
+    ``instruction``: the default prompt, passed to the template as a system message;
+    ``template_variables``: the Transformer module's ``apply_chat_template`` arguments;
+    ``activation``: the dotted name of the activation applied to the logit.
+    """
+
+    token_ids: list[int] | None
+    chat_template: str | None
+    instruction: str | None
+    template_variables: dict[str, Any]
+    activation: str | None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _chat_template(module_dir: Path) -> str | None:
+    """The chat template of a Transformer module: chat_template.jinja, else the tokenizer's."""
+    if (module_dir / CHAT_TEMPLATE_FILE).is_file():
+        return (module_dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    template = _read_json(module_dir / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def read_sentence_transformers_layout(model_dir: Path) -> SentenceTransformersLayout | None:
+    """The CrossEncoder layout of ``model_dir`` (modules.json naming a Transformer module, an
+    optional LogitScore module), or None when it is not one."""
+    modules = _read_json(model_dir / ST_MODULES) if (model_dir / ST_MODULES).is_file() else None
+    if not isinstance(modules, list):
+        return None
+    model_config = _read_json(model_dir / ST_MODEL_CONFIG)
+    if model_config.get("model_type", "CrossEncoder") != "CrossEncoder":
+        return None
+    token_ids = None
+    transformer_dir = model_dir
+    for module in modules:
+        kind, sub = str(module.get("type", "")), str(module.get("path", ""))
+        if ".." in Path(sub).parts or Path(sub).is_absolute():
+            raise ValueError(f"{model_dir / ST_MODULES}: module path {sub!r} leaves the model")
+        if kind.endswith(".Transformer"):
+            transformer_dir = model_dir / sub
+        elif kind.endswith("." + ST_LOGIT_SCORE):
+            cfg = _read_json(model_dir / sub / "config.json")
+            true_id, false_id = cfg.get("true_token_id"), cfg.get("false_token_id")
+            if true_id is None:
+                raise ValueError(f"{model_dir / sub}/config.json names no true_token_id")
+            token_ids = [int(true_id)] if false_id is None else [int(false_id), int(true_id)]
+    prompts = model_config.get("prompts") or {}
+    prompt_name = model_config.get("default_prompt_name")
+    processing = _read_json(transformer_dir / ST_TRANSFORMER_CONFIG).get("processing_kwargs")
+    variables = dict((processing or {}).get("chat_template") or {})
+    variables.pop("restore_suffix", None)  # a Sentence Transformers flag, not a variable
+    return SentenceTransformersLayout(
+        token_ids=token_ids,
+        chat_template=_chat_template(transformer_dir),
+        instruction=prompts.get(prompt_name) if prompt_name else None,
+        template_variables=variables,
+        activation=model_config.get("activation_fn"),
+    )

@@ -19,13 +19,18 @@ from qrank.kernels import cpu_features
 from qrank.kernels.packed_linear import pack_linears
 from qrank.models.heads import ScoreHead, build_head
 from qrank.models.loader import (
+    SIGMOID,
     SafetensorsCheckpoint,
+    SentenceTransformersLayout,
     find_tokenizer_file,
     read_config,
+    read_sentence_transformers_layout,
     resolve_model_path,
 )
 from qrank.models.quant import quantize_int8
 from qrank.models.qwen3 import Qwen3Scorer, Qwen3Shape
+from qrank.prompts import BuiltinTemplate, ScoreTemplate
+from qrank.score_template import JinjaTemplate, TemplateError, read_template
 from qrank.tokenize import RerankTokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 @dataclass
 class LoadedModel:
-    """A trunk, its head, the tokenizer and what was read to build them."""
+    """A trunk, its head, the tokenizer, the prompt template and what was read to build them."""
 
     trunk: Qwen3Scorer
     head: ScoreHead
@@ -49,6 +54,7 @@ class LoadedModel:
     config: dict[str, Any]
     path: Path
     max_model_len: int
+    template: ScoreTemplate
 
 
 def cpu_has_bf16() -> bool:
@@ -104,6 +110,43 @@ def trunk_state_dict(
     return sd
 
 
+def score_template(args: EngineArgs, layout: SentenceTransformersLayout | None,
+                   path: Path) -> ScoreTemplate:
+    """The prompt template: ``--chat-template``, else a Sentence Transformers checkpoint's chat
+    template (its default prompt as the instruction), else the built-in one."""
+    if args.chat_template:
+        return JinjaTemplate(read_template(args.chat_template),
+                             name=f"score template {args.chat_template[:80]!r}")
+    if layout is not None and layout.chat_template:
+        try:
+            template = JinjaTemplate(layout.chat_template, system_instruction=True,
+                                     default_instruction=layout.instruction,
+                                     variables=layout.template_variables,
+                                     name=f"chat template of {path.name}")
+        except TemplateError as exc:
+            logger.warning("%s; using the built-in Qwen3-Reranker template", exc)
+        else:
+            logger.info("prompts: the checkpoint's chat template (Sentence Transformers layout), "
+                        "default instruction %r", layout.instruction)
+            return template
+    return BuiltinTemplate()
+
+
+def apply_layout(config: dict[str, Any], layout: SentenceTransformersLayout,
+                 tokenizer: RerankTokenizer, args: EngineArgs) -> None:
+    """Take a Sentence Transformers checkpoint's yes/no tokens as the head's, unless
+    hf_overrides names them; warn where its activation is not the sigmoid qrank applies."""
+    if layout.token_ids and "classifier_from_token" not in args.hf_overrides:
+        tokens = [tokenizer.tokenizer.id_to_token(i) for i in layout.token_ids]
+        if None in tokens:
+            raise ValueError(f"the LogitScore module names token ids {layout.token_ids} that "
+                             "the tokenizer does not have")
+        config["classifier_from_token"] = tokens
+    if layout.activation not in (None, SIGMOID):
+        logger.warning("the checkpoint's activation is %s; qrank scores with a sigmoid (ask "
+                       "for use_activation=false to get the logit)", layout.activation)
+
+
 def load_model(args: EngineArgs) -> LoadedModel:
     """Resolve, read and build the scorer described by ``args``."""
     path = resolve_model_path(args.model, args.revision)
@@ -115,7 +158,11 @@ def load_model(args: EngineArgs) -> LoadedModel:
         raise ValueError(f"--device {args.device} was asked for, but torch sees no CUDA device "
                          f"(torch {torch.__version__}); use --device cpu")
     dtype = resolve_dtype(args.dtype, device)
-    tokenizer = RerankTokenizer.from_file(find_tokenizer_file(path, args.tokenizer))
+    layout = read_sentence_transformers_layout(path)
+    template = score_template(args, layout, path)
+    tokenizer = RerankTokenizer.from_file(find_tokenizer_file(path, args.tokenizer), template)
+    if layout is not None:
+        apply_layout(config, layout, tokenizer, args)
 
     with SafetensorsCheckpoint(path) as ckpt:
         head = build_head(ckpt, config, tokenizer.token_id)
@@ -156,4 +203,4 @@ def load_model(args: EngineArgs) -> LoadedModel:
         path, ", ".join(config.get("architectures") or []), shape.num_layers,
         shape.hidden_size, cls.__name__, dtype, device, max_len,
     )
-    return LoadedModel(trunk, head, tokenizer, config, path, max_len)
+    return LoadedModel(trunk, head, tokenizer, config, path, max_len, template)

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import qrank
 from qrank.engine.engine import AsyncEngine, EngineDeadError, QueueFullError
 from qrank.llm import pair_up
+from qrank.score_template import TemplateError
 from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
 from qrank.server.protocol import (
     ErrorResponse,
@@ -236,6 +237,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             pairs = await run_in_threadpool(fn, *args)
         except InputTooLongError as exc:
             raise APIError(400, str(exc), "documents") from exc
+        except TemplateError as exc:  # a score template that refuses the request's variables
+            raise APIError(400, str(exc)) from exc
         return [replace(p, salt=salt) for p in pairs] if salt else pairs
 
     async def score(pairs: list[PairTokens]) -> tuple[list[float], int]:
