@@ -77,10 +77,11 @@ class Reranker:
         return self.engine.max_model_len
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
-              use_tqdm: bool | None = None) -> list[float]:
-        """Relevance of each document to the query, in the documents' order."""
+              use_tqdm: bool | None = None, use_activation: bool = True) -> list[float]:
+        """Relevance of each document to the query, in the documents' order
+        (``use_activation`` False: the logits the scores are the sigmoid of)."""
         return self.engine.score_tokens(self.engine.encode(query, documents, instruction),
-                                        use_tqdm=use_tqdm)
+                                        use_tqdm=use_tqdm, use_activation=use_activation)
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
                instruction: str | None = None, use_tqdm: bool | None = None
@@ -118,14 +119,19 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
         instruction: str | None = None,
+        use_activation: bool | None = None,
+        truncation_side: str | None = None,
         **_: Any,
     ) -> list[ScoringRequestOutput]:
-        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``."""
+        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``; ``use_activation``
+        False gives logits, ``truncation_side`` "left" cuts a long document's start."""
         queries, documents = pair_up(data_1, data_2)
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
-        toks = self.engine.encode_pairs(queries, documents, instruction, max_length)
+        toks = self.engine.encode_pairs(queries, documents, instruction, max_length,
+                                        truncation_side=truncation_side or "right")
         many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
-        scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many)
+        scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many,
+                                          use_activation=use_activation is not False)
         outputs = []
         for t, s in zip(toks, scores, strict=True):
             outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s), t.ids))

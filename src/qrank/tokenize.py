@@ -121,6 +121,8 @@ class RerankTokenizer:
         ``max_tokens_per_doc``), whatever ``truncate`` says. ``truncation_side`` says which end
         of the document a pair too long for ``max_length`` loses (see :meth:`fit`).
         """
+        if truncation_side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', not {truncation_side!r}")
         if not pairs:
             return []
         bodies = [p.doc_body for p in pairs]
