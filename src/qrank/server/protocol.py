@@ -74,7 +74,7 @@ class VLLMOptions(BaseModel):
                           "instruction field")
     use_activation: bool | None = Field(
         None, description="false: the raw logit (logit_yes - logit_no) instead of its sigmoid")
-    request_id: Annotated[str, AfterValidator(valid_request_id)] | None = Field(
+    request_id: Annotated[Text, AfterValidator(valid_request_id)] | None = Field(
         None, description="echoed as the response id and X-Request-Id header (default: the "
                           "X-Request-Id request header, else a new id)")
     user: Text | None = Field(None, description="the end user (OpenAI's field); ignored")
