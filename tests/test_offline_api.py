@@ -70,6 +70,26 @@ def test_truncate_prompt_tokens(llm):
     assert len(out.prompt_token_ids) == 100
 
 
+def test_use_activation_and_truncation_side(llm, reranker):
+    import math
+
+    docs = DOCUMENTS[:3]
+    logits = [o.outputs.score for o in llm.score("a query", docs, use_activation=False)]
+    assert logits == pytest.approx(reranker.score("a query", docs, use_activation=False), abs=1e-6)
+    scores = reranker.score("a query", docs)
+    assert [1 / (1 + math.exp(-x)) for x in logits] == pytest.approx(scores, abs=1e-7)
+    doc = " ".join(f"w{i}" for i in range(400))
+    right, left = (llm.score("q", doc, truncate_prompt_tokens=100, truncation_side=side)[0]
+                   for side in ("right", "left"))
+    assert len(left.prompt_token_ids) == len(right.prompt_token_ids) == 100
+    n = len(llm.engine.tokenizer.suffix_ids)
+    assert left.prompt_token_ids[-n:] == right.prompt_token_ids[-n:]  # the suffix
+    text = llm.engine.tokenizer.decode
+    assert text(left.prompt_token_ids[:-n]).endswith("w398 w399")
+    assert "<Document>: w0 w1" in text(right.prompt_token_ids)
+    assert "w399" not in text(right.prompt_token_ids) and " w0 " not in text(left.prompt_token_ids)
+
+
 def test_llm_refuses_other_tasks(tiny_model):
     with pytest.raises(ValueError, match="task"):
         LLM(model=str(tiny_model), task="generate")

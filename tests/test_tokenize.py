@@ -105,3 +105,32 @@ def test_head_is_the_system_prefix_and_instruction_line(ours, instruction):
 def test_without_a_query_line_the_head_is_the_system_prefix(ours):
     toks = ours.encode_pairs(render_pairs(SYSTEM_PREFIX + "free text\n", ["d" + SUFFIX]), 8192)
     assert toks[0].head == len(ours.prefix_ids)
+
+
+def test_left_truncation_keeps_the_label_and_the_documents_end(ours):
+    doc = " ".join(f"w{i}" for i in range(300))
+    full = ours.encode_pairs(render_pairs("q", [doc]), 8192)[0]
+    for side in ("right", "left"):
+        cut = ours.encode_pairs(render_pairs("q", [doc]), 120, truncation_side=side)[0]
+        assert len(cut) == 120 and cut.shared == full.shared
+        assert cut.own[-len(ours.suffix_ids):] == ours.suffix_ids
+        body, full_body = cut.own[: -len(ours.suffix_ids)], full.own[: -len(ours.suffix_ids)]
+        label = ours.doc_label_len
+        assert body[:label] == full_body[:label]  # "<Document>:" stays
+        if side == "right":
+            assert body == full_body[: len(body)]
+        else:
+            assert body[label:] == full_body[len(full_body) - (len(body) - label):]
+            assert ours.decode(list(body)).endswith("w298 w299")
+    with pytest.raises(ValueError, match="truncation_side"):
+        ours.encode_pairs(render_pairs("q", [doc]), 120, truncation_side="middle")
+
+
+@pytest.mark.parametrize("text", ["hello world, how are you doing today?",
+                                  "北京是中国的首都吗？🎉🎉 yes", "a  b   c"])
+def test_cut_text_keeps_the_first_tokens(ours, text):
+    ids = ours.tokenizer.encode(text, add_special_tokens=False).ids
+    for n in range(1, len(ids) + 2):
+        cut = ours.cut_text(text, n)
+        assert text.startswith(cut)
+        assert ours.tokenizer.encode(cut, add_special_tokens=False).ids == ids[:n]

@@ -81,11 +81,13 @@ class Reranker:
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
               use_tqdm: bool | None = None,
-              chat_template_kwargs: dict[str, Any] | None = None) -> list[float]:
-        """Relevance of each document to the query, in the documents' order."""
+              chat_template_kwargs: dict[str, Any] | None = None,
+              use_activation: bool = True) -> list[float]:
+        """Relevance of each document to the query, in the documents' order
+        (``use_activation`` False: the logits the scores are the sigmoid of)."""
         pairs = self.engine.encode(query, documents, instruction,
                                    chat_template_kwargs=chat_template_kwargs)
-        return self.engine.score_tokens(pairs, use_tqdm=use_tqdm)
+        return self.engine.score_tokens(pairs, use_tqdm=use_tqdm, use_activation=use_activation)
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
                instruction: str | None = None, use_tqdm: bool | None = None,
@@ -130,18 +132,23 @@ class LLM:
         instruction: str | None = None,
         chat_template: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        use_activation: bool | None = None,
+        truncation_side: str | None = None,
         **_: Any,
     ) -> list[ScoringRequestOutput]:
-        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``."""
+        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``; ``use_activation``
+        False gives logits, ``truncation_side`` "left" cuts a long document's start."""
         if chat_template is not None:
             raise ValueError("qrank takes the score template once, as LLM(model, "
                              "chat_template=...), not per score() call")
         queries, documents = pair_up(data_1, data_2)
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
         toks = self.engine.encode_pairs(queries, documents, instruction, max_length,
+                                        truncation_side=truncation_side or "right",
                                         chat_template_kwargs=chat_template_kwargs)
         many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
-        scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many)
+        scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many,
+                                          use_activation=use_activation is not False)
         outputs = []
         for t, s in zip(toks, scores, strict=True):
             outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s), t.ids))

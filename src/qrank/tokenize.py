@@ -1,7 +1,8 @@
 """Token ids for template pieces, with truncation that never cuts the template's prefix or suffix.
 
 The model card tokenizes ``prefix``, ``body`` and ``suffix`` separately and truncates the body
-from the right. The Qwen3 pre-tokenizer always ends a piece at the newline that closes the
+from the right (``truncation_side="left"`` cuts the document's start instead, keeping its
+``<Document>:`` label). The Qwen3 pre-tokenizer always ends a piece at the newline that closes the
 ``<Query>`` line, so encoding the query side and the document body separately yields the same ids
 as the card's single body encoding, and truncating the document from the right is the card's
 truncation. When the query side alone leaves no room, the document is dropped and then the query
@@ -118,15 +119,24 @@ class RerankTokenizer:
         n = len(head)
         return n if n <= len(shared) and shared[:n] == head else 0
 
+    def cut_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to its first ``max_tokens`` tokens, at a token boundary (vLLM's
+        ``max_tokens_per_query``); the cut text encodes to at most that many tokens."""
+        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens][0]]
+
     def encode_pairs(
         self, pairs: list[PromptPair], max_length: int, truncate: bool = True,
-        max_doc_tokens: int | None = None,
+        max_doc_tokens: int | None = None, truncation_side: str = "right",
     ) -> list[PairTokens]:
         """Encode pairs, truncating each to ``max_length`` tokens (or raising when not allowed).
 
         ``max_doc_tokens`` first cuts each document's text to that many tokens (Cohere's
-        ``max_tokens_per_doc``), whatever ``truncate`` says.
+        ``max_tokens_per_doc``), whatever ``truncate`` says. ``truncation_side`` says which end
+        of the document a pair too long for ``max_length`` loses (see :meth:`fit`).
         """
+        if truncation_side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', not {truncation_side!r}")
         if not pairs:
             return []
         bodies = [p.doc_body for p in pairs]
@@ -140,16 +150,18 @@ class RerankTokenizer:
             if p.query_side not in heads:
                 heads[p.query_side] = self.head_length(p.query_side, shared, p.head_chars)
             suffix = None if p.suffix == self.suffix else self.encode_query_side(p.suffix)
-            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side], suffix))
+            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side], suffix,
+                                truncation_side))
         return out
 
     def fit(
         self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True,
-        head: int = 0, suffix: tuple[int, ...] | None = None,
+        head: int = 0, suffix: tuple[int, ...] | None = None, side: str = "right",
     ) -> PairTokens:
         """Assemble one pair, cutting the document body, then the query side, to fit; ``head``
         is the query side's head length (:meth:`head_length`); ``suffix``: ids ending this pair
-        when they are not the template's."""
+        when they are not the template's. ``side`` "right" keeps the body's first tokens;
+        "left" keeps its ``<Document>:`` label and its last tokens."""
         suffix = self.suffix_ids if suffix is None else suffix
         total = len(shared) + len(body) + len(suffix)
         if total <= max_length:
@@ -161,7 +173,7 @@ class RerankTokenizer:
             )
         room = max_length - len(suffix) - len(shared)
         if room >= 0:
-            return PairTokens(shared, (*body[:room], *suffix), head)
+            return PairTokens(shared, (*self._cut_body(body, room, side), *suffix), head)
         keep = max_length - len(suffix)
         if keep < len(self.prefix_ids):
             raise InputTooLongError(
@@ -169,6 +181,13 @@ class RerankTokenizer:
                 f"{self.template_overhead} tokens"
             )
         return PairTokens(shared[:keep], suffix, min(head, keep))
+
+    def _cut_body(self, body: list[int], room: int, side: str) -> list[int]:
+        """``room`` tokens of a document body, from its start (right) or its end (left)."""
+        label = self.doc_label_len
+        if side == "right" or room <= label:
+            return body[:room]
+        return [*body[:label], *body[len(body) - (room - label) :]]
 
     def count(self, text: str) -> int:
         """Number of tokens of a plain text."""

@@ -5,6 +5,7 @@ from inputs import DOCUMENTS
 
 from qrank import EngineArgs
 from qrank.engine.engine import Engine
+from qrank.engine.scheduler import WorkItem
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,26 @@ def test_lone_pairs_share_their_template_head_and_equal_the_unshared(engines):
     cache = engines["cached"].prefix_cache
     heads = {t.shared[: t.head] for t in lone_pairs(engines["cached"])}
     assert len(heads) == 2 and all(head in cache for head in heads)
+
+
+def test_salted_pairs_share_nothing_across_salts_and_score_the_same(engines):
+    from dataclasses import replace
+
+    engine = engines["cached"]
+    plain = lone_pairs(engine)[:4] + engine.encode("one query, two tenants", ["doc a", "doc b"])
+    salts = ["t1", "t2"] * (len(plain) // 2) + ["t1"] * (len(plain) % 2)
+    toks = [replace(t, salt=s) for t, s in zip(plain, salts, strict=True)]
+    scheduler = engine.make_scheduler()
+    scheduler.add([WorkItem(t, i) for i, t in enumerate(toks)])
+    groups, keys, cache_keys = engine._seq_groups(scheduler.next_batch())
+    for g, group_keys in enumerate(keys):  # a group never mixes salts
+        assert len({toks[k].salt for k in group_keys}) == 1
+        if cache_keys[g] is not None:
+            assert cache_keys[g][0] == toks[group_keys[0]].salt
+            assert cache_keys[g][1] == tuple(groups[g].prefix)
+    want = engines["plain"].score_tokens(plain)
+    for _ in range(2):  # the second round finds each salt's own prefixes in the cache
+        got = engine.score_tokens(toks)
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+    head = plain[0].shared[: plain[0].head]
+    assert ("t1", head) in engine.prefix_cache and ("t2", head) in engine.prefix_cache

@@ -77,3 +77,23 @@ def test_a_cached_head_costs_nothing():
     s = Scheduler(max_num_batched_tokens=1000, is_cached=cached.__contains__)
     s.add([lone(40, 5, 10, i, q=i) for i in range(3)])
     assert s.next_batch().num_tokens == 3 * (5 + 10)
+
+
+def test_salts_keep_prefixes_apart_in_batches_and_in_the_cache():
+    def salted(key, salt, head=0):
+        return WorkItem(PairTokens(tuple([7] * 40), tuple(range(5)), head, salt), key)
+
+    cached = {("a", tuple([7] * 40))}  # tenant a's prefix is cached, under its salt
+    s = Scheduler(max_num_batched_tokens=1000, is_cached=cached.__contains__)
+    s.add([salted("a1", "a"), salted("b1", "b"), salted("n1", ""), salted("a2", "a")])
+    batch = s.next_batch()
+    assert [(g.salt, [it.key for it in g.items]) for g in batch.groups] == [
+        ("a", ["a1", "a2"]), ("b", ["b1"]), ("", ["n1"])]
+    assert [g.key() for g in batch.groups] == [
+        ("a", tuple([7] * 40)), ("b", tuple([7] * 40)), tuple([7] * 40)]
+    # a's prefix costs nothing; b and the unsalted pair each pay for their own
+    assert batch.num_tokens == 2 * 5 + (40 + 5) + (40 + 5)
+    # lone pairs of different salts never count one template head as computed for both
+    s.add([WorkItem(PairTokens((1, 2, 3, q), (9,), 3, salt), q) for q, salt in
+           enumerate(["x", "y", "x"])])
+    assert s.next_batch().num_tokens == (3 + 1 + 1) + (3 + 1 + 1) + (1 + 1)

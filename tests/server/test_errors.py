@@ -147,9 +147,9 @@ def test_full_queue_gets_503_with_retry_after(limited):
 LONE = "bad \ud800 text"
 STRING_FIELDS = {
     "/v1/rerank": {"query": "q", "documents": ["a", "b"], "instruction": "i", "model": None,
-                   "cache_salt": "s"},
+                   "cache_salt": "s", "user": "u", "request_id": "r"},
     "/score": {"text_1": "q", "text_2": ["a", "b"], "instruction": "i", "model": None,
-               "cache_salt": "s"},
+               "cache_salt": "s", "user": "u", "request_id": "r"},
 }
 
 
@@ -165,6 +165,10 @@ def lone_surrogate_cases():
                                id=f"{path}-document-object")
     yield pytest.param("/v1/score", "text_1", {"text_1": [LONE], "text_2": ["a"]},
                        id="/v1/score-queries-list")
+    for first, second in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2")):
+        yield pytest.param("/v1/score", first, {first: LONE, second: "a"}, id=f"/v1/score-{first}")
+        yield pytest.param("/v1/score", second, {first: "q", second: ["a", LONE]},
+                           id=f"/v1/score-{second}")
 
 
 @pytest.mark.parametrize(("path", "field", "body"), list(lone_surrogate_cases()))

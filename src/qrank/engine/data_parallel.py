@@ -41,6 +41,7 @@ class DataParallelScorer:
         self.workers = DataParallelWorkers(args, count)
 
     def __call__(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+        """The pairs' logits, in their order."""
         shares = split_by_query(pairs, len(self.workers) + 1)
         self.workers.send([[pairs[i] for i in share] for share in shares[1:]])
         try:
@@ -81,7 +82,8 @@ def split_by_query(pairs: Sequence[PairTokens], parts: int) -> list[list[int]]:
 
 
 def _serve(conn: Connection, args: EngineArgs) -> None:
-    """A worker process: load an engine, then score the shares it is sent until ``None``."""
+    """A worker process: load an engine, then score the shares it is sent until ``None``
+    (their logits: the caller applies the sigmoid, as for its own share)."""
     try:
         engine = Engine(args)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -90,7 +92,7 @@ def _serve(conn: Connection, args: EngineArgs) -> None:
     conn.send(("ready", None))
     while (pairs := conn.recv()) is not None:
         try:
-            conn.send(("ok", engine.score_tokens(pairs, use_tqdm=False)))
+            conn.send(("ok", engine.score_tokens(pairs, use_tqdm=False, use_activation=False)))
         except Exception as exc:  # noqa: BLE001 - a failed share fails the caller's job
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 

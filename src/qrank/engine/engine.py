@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from qrank.config import EngineArgs
 from qrank.engine.prefix_cache import PrefixCache
-from qrank.engine.scheduler import Batch, Scheduler, WorkItem
+from qrank.engine.scheduler import Batch, Scheduler, WorkItem, prefix_key
 from qrank.engine.score_cache import ScoreCache
 from qrank.kernels.build import find_compiler
+from qrank.models.heads import sigmoid_scores
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
 from qrank.tokenize import PairTokens
@@ -38,7 +39,7 @@ class BatchStats:
 
 
 class ParallelScorer(Protocol):
-    """Scores a job's pairs over several engine copies (:mod:`qrank.engine.data_parallel`)."""
+    """Logits of a job's pairs over several engine copies (:mod:`qrank.engine.data_parallel`)."""
 
     def __call__(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]: ...
 
@@ -100,28 +101,43 @@ class Engine:
         max_length: int | None = None,
         truncate: bool = True,
         max_doc_tokens: int | None = None,
+        truncation_side: str = "right",
+        max_query_tokens: int | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[PairTokens]:
-        """Template and tokenize one query with its documents; ``chat_template_kwargs`` are
-        variables of a Jinja score template (the built-in template reads ``instruction``)."""
+        """Template and tokenize one query with its documents.
+
+        ``max_query_tokens`` cuts the query's text before the template is applied (not a
+        query the client already formatted); ``truncation_side`` is the end of a document cut
+        to fit ``max_length``. ``chat_template_kwargs`` are variables of a Jinja score
+        template (the built-in template reads ``instruction``).
+        """
         limit = min(max_length or self.max_model_len, self.max_model_len)
+        if max_query_tokens is not None and not self._rendered(query, documents):
+            query = self.tokenizer.cut_text(query, max_query_tokens)
         pairs = self.template.render(query, documents, instruction, chat_template_kwargs)
-        return self.tokenizer.encode_pairs(pairs, limit, truncate, max_doc_tokens)
+        return self.tokenizer.encode_pairs(pairs, limit, truncate, max_doc_tokens,
+                                           truncation_side)
+
+    def _rendered(self, query: str, documents: list[str]) -> bool:
+        """True when the client already applied the score template to the inputs."""
+        t = self.template
+        return bool(t.prefix) and query.startswith(t.prefix) and all(
+            d.endswith(t.suffix) for d in documents)
 
     def encode_pairs(
         self, queries: list[str], documents: list[str], instruction: str | None = None,
-        max_length: int | None = None, truncate: bool = True,
-        chat_template_kwargs: dict[str, Any] | None = None,
+        max_length: int | None = None, truncate: bool = True, **options: Any,
     ) -> list[PairTokens]:
-        """Tokenize N:N pairs, grouping equal queries so each is rendered once."""
+        """Tokenize N:N pairs, grouping equal queries so each is rendered once; ``options``
+        as :meth:`encode` takes them."""
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             by_query.setdefault(q, []).append(i)
         out: list[PairTokens | None] = [None] * len(queries)
         for q, idx in by_query.items():
-            toks_q = self.encode(q, [documents[i] for i in idx], instruction, max_length,
-                                 truncate, chat_template_kwargs=chat_template_kwargs)
-            for i, toks in zip(idx, toks_q, strict=True):
+            for i, toks in zip(idx, self.encode(q, [documents[i] for i in idx], instruction,
+                                                 max_length, truncate, **options), strict=True):
                 out[i] = toks
         return out  # type: ignore[return-value]
 
@@ -134,25 +150,31 @@ class Engine:
             is_cached=self.prefix_cache.__contains__,
         )
 
-    def _seq_groups(self, batch: Batch) -> tuple[list[SeqGroup], list[list[Any]]]:
-        """Model inputs for a batch; keys[g][d] is the key of group g's document d.
+    def _seq_groups(
+        self, batch: Batch
+    ) -> tuple[list[SeqGroup], list[list[Any]], list[Hashable | None]]:
+        """Model inputs for a batch; keys[g][d] is the key of group g's document d and
+        cache_keys[g] the prefix-cache key of group g's prefix (None: no prefix).
 
-        Pairs sharing their query side form a group under it; a pair alone with its query is
-        a document under its template head (system prefix and instruction), shared with the
-        batch's other lone pairs and kept in the prefix cache; what has no head goes alone.
+        Pairs sharing their query side (and salt) form a group under it; a pair alone with its
+        query is a document under its template head (system prefix and instruction), shared
+        with the batch's other lone pairs of its salt and kept in the prefix cache; what has no
+        head goes alone.
         """
         sharing = self.args.prefix_sharing
         groups: list[SeqGroup] = []
         keys: list[list[Any]] = []
-        under_head: dict[tuple[int, ...], tuple[SeqGroup, list[Any]]] = {}
+        cache_keys: list[Hashable | None] = []
+        under_head: dict[Hashable, tuple[SeqGroup, list[Any]]] = {}
         singles = SeqGroup([], [])
         single_keys: list[Any] = []
         for bg in batch.groups:
-            kv = self.prefix_cache.get(bg.shared) if sharing else None
+            kv = self.prefix_cache.get(bg.key()) if sharing else None
             if kv is not None or (sharing and len(bg.items) > 1):
                 groups.append(self._prefix_group(bg.shared, kv,
                                                  [list(it.tokens.own) for it in bg.items]))
                 keys.append([it.key for it in bg.items])
+                cache_keys.append(bg.key())
                 continue
             for it in bg.items:
                 t = it.tokens
@@ -161,19 +183,22 @@ class Engine:
                     single_keys.append(it.key)
                     continue
                 head = t.shared[: t.head]
-                if head not in under_head:
-                    under_head[head] = (self._prefix_group(head, self.prefix_cache.get(head), []),
-                                        [])
-                group, group_keys = under_head[head]
+                head_key = prefix_key(head, t.salt)
+                if head_key not in under_head:
+                    under_head[head_key] = (
+                        self._prefix_group(head, self.prefix_cache.get(head_key), []), [])
+                group, group_keys = under_head[head_key]
                 group.docs.append([*t.shared[t.head :], *t.own])
                 group_keys.append(it.key)
-        for group, group_keys in under_head.values():
+        for head_key, (group, group_keys) in under_head.items():
             groups.append(group)
             keys.append(group_keys)
+            cache_keys.append(head_key)
         if singles.docs:
             groups.append(singles)
             keys.append(single_keys)
-        return groups, keys
+            cache_keys.append(None)
+        return groups, keys, cache_keys
 
     def _prefix_group(self, prefix: tuple[int, ...], kv: PrefixKV | None,
                       docs: list[list[int]]) -> SeqGroup:
@@ -183,26 +208,34 @@ class Engine:
                         keep_prefix_kv=kv is None and self.prefix_cache.enabled)
 
     def run_batch(self, batch: Batch) -> list[tuple[Any, float]]:
-        """Score one batch; returns (key, score) for each of its items."""
+        """Run one batch; returns (key, logit) for each of its items: the head's value
+        before the sigmoid (:func:`~qrank.models.heads.sigmoid_scores` makes it a score)."""
         start = time.perf_counter()
-        groups, keys = self._seq_groups(batch)
+        groups, keys, cache_keys = self._seq_groups(batch)
         hidden, order, kept = self.trunk(groups)
-        scores = self.head(hidden).tolist()
+        logits = self.head.logits(hidden).tolist()
         for g, kv in kept.items():
-            self.prefix_cache.put(tuple(groups[g].prefix), kv)
-        out = [(keys[g][d], s) for (g, d), s in zip(order, scores, strict=True)]
+            self.prefix_cache.put(cache_keys[g], kv)
+        out = [(keys[g][d], s) for (g, d), s in zip(order, logits, strict=True)]
         if self.on_batch is not None:
             requests = {k[0] if isinstance(k, tuple) else k for k, _ in out}
             self.on_batch(BatchStats(len(out), batch.num_tokens, len(requests),
                                      time.perf_counter() - start))
         return out
 
-    def score_tokens(self, pairs: list[PairTokens], use_tqdm: bool | None = None) -> list[float]:
-        """Scores of tokenized pairs, in their order. A progress bar shows for long jobs.
+    def score_tokens(self, pairs: list[PairTokens], use_tqdm: bool | None = None,
+                     use_activation: bool = True) -> list[float]:
+        """Scores of tokenized pairs, in their order (``use_activation`` False: the logits
+        the scores are the sigmoid of). A progress bar shows for long jobs.
 
         With the score cache on, pairs seen before are answered from it and a pair repeated
         within the job is computed once.
         """
+        logits = self._logits(pairs, use_tqdm)
+        return sigmoid_scores(logits) if use_activation else logits
+
+    def _logits(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
+        """Logits of tokenized pairs, from the score cache (which holds logits) or computed."""
         cache = self.score_cache
         if not cache.enabled:
             return self._score_computed(pairs, use_tqdm)
@@ -218,13 +251,13 @@ class Engine:
         return [fresh[keys[i]] if s is None else s for i, s in enumerate(scores)]
 
     def _score_computed(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
-        """Scores of tokenized pairs, all computed, here or over the engine copies."""
+        """Logits of tokenized pairs, all computed, here or over the engine copies."""
         if self.parallel is None or len(pairs) < 2:
             return self.score_here(pairs, use_tqdm)
         return self.parallel(pairs, use_tqdm)
 
     def score_here(self, pairs: list[PairTokens], use_tqdm: bool | None) -> list[float]:
-        """Scores of tokenized pairs, in their order, from this process's engine."""
+        """Logits of tokenized pairs, in their order, from this process's engine."""
         scheduler = self.make_scheduler()
         items = [WorkItem(p, i) for i, p in enumerate(pairs)]
         scheduler.add(sorted(items, key=lambda it: len(it.tokens)))
@@ -280,9 +313,14 @@ class ScoreFuture(Future):
 @dataclass
 class _Request:
     future: Future
-    scores: list[float]
+    scores: list[float]  # logits until the request completes
     remaining: int
     keys: list[tuple[int, int]] | None  # score-cache keys, by pair index
+    use_activation: bool = True
+
+    def finish(self) -> None:
+        self.future.set_result(sigmoid_scores(self.scores) if self.use_activation
+                               else self.scores)
 
 
 class AsyncEngine:
@@ -312,9 +350,10 @@ class AsyncEngine:
     def num_pending_pairs(self) -> int:
         return len(self.scheduler)
 
-    def submit(self, pairs: list[PairTokens]) -> ScoreFuture:
-        """Queue the pairs of one request; the Future resolves to their scores, in order.
-        Pairs the score cache holds are answered at once and never queued."""
+    def submit(self, pairs: list[PairTokens], use_activation: bool = True) -> ScoreFuture:
+        """Queue the pairs of one request; the Future resolves to their scores, in order
+        (``use_activation`` False: their logits). Pairs the score cache holds are answered at
+        once and never queued."""
         future = ScoreFuture()
         if not pairs:
             future.set_result([])
@@ -332,7 +371,7 @@ class AsyncEngine:
             scores = [0.0 if hit is None else hit for hit in found]
             future.cached = len(pairs) - len(todo)
             if not todo:
-                future.set_result(scores)
+                _Request(future, scores, 0, keys, use_activation).finish()
                 return future
         with self._cond:
             if not self.alive or self._stopping:
@@ -343,7 +382,7 @@ class AsyncEngine:
                 )
             rid = self._next_id
             self._next_id += 1
-            self._requests[rid] = _Request(future, scores, len(todo), keys)
+            self._requests[rid] = _Request(future, scores, len(todo), keys, use_activation)
             self.scheduler.add([WorkItem(pairs[i], (rid, i)) for i in todo])
             self._cond.notify()
         return future
@@ -391,7 +430,7 @@ class AsyncEngine:
                 req.remaining -= 1
                 if req.remaining == 0:
                     del self._requests[rid]
-                    req.future.set_result(req.scores)
+                    req.finish()
 
     def _retry_per_request(self, batch: Batch, exc: Exception) -> list[tuple[Any, Any]]:
         """Score a failed batch's requests one by one, so one bad request fails alone."""

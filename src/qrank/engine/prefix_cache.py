@@ -1,9 +1,14 @@
-"""An LRU cache of query-prefix keys and values, keyed by token ids and bounded in bytes."""
+"""An LRU cache of query-prefix keys and values, bounded in bytes.
+
+An entry is keyed by its prefix's token ids, or by ``(cache_salt, ids)`` for a request with a
+salt (:func:`qrank.engine.scheduler.prefix_key`), so that different salts never share one.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 
 from qrank.models.qwen3 import PrefixKV
 
@@ -17,7 +22,7 @@ class PrefixCache:
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = max(0, int(capacity_bytes))
-        self._entries: OrderedDict[tuple[int, ...], tuple[PrefixKV, int]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[PrefixKV, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -34,32 +39,32 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, ids: object) -> bool:
-        """Whether ``ids`` is cached, without counting a hit or refreshing it."""
-        return ids in self._entries
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is cached, without counting a hit or refreshing it."""
+        return key in self._entries
 
-    def get(self, ids: tuple[int, ...]) -> PrefixKV | None:
+    def get(self, key: Hashable) -> PrefixKV | None:
         if not self.enabled:
             return None
         with self._lock:
-            entry = self._entries.get(ids)
+            entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(ids)
+            self._entries.move_to_end(key)
             self.hits += 1
             return entry[0]
 
-    def put(self, ids: tuple[int, ...], kv: PrefixKV) -> bool:
-        """Keep ``kv`` for ``ids``; False when it alone exceeds the capacity."""
+    def put(self, key: Hashable, kv: PrefixKV) -> bool:
+        """Keep ``kv`` under ``key``; False when it alone exceeds the capacity."""
         size = kv_nbytes(kv)
         if not self.enabled or size > self.capacity:
             return False
         with self._lock:
-            old = self._entries.pop(ids, None)
+            old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old[1]
-            self._entries[ids] = (kv, size)
+            self._entries[key] = (kv, size)
             self._bytes += size
             while self._bytes > self.capacity:
                 _, (_, evicted) = self._entries.popitem(last=False)

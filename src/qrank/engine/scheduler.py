@@ -6,6 +6,9 @@ alone with its query in a batch is computed under its template head (system pref
 instruction), which the batch's lone pairs share in turn. Groups are served first come, first
 served; a group larger than the budget is split across batches. The budget counts the tokens
 actually computed, so a cached or shared prefix is counted once or not at all.
+
+Pairs of requests with different ``cache_salt`` never share a prefix: in a batch or in the prefix
+cache, a prefix is known by :func:`prefix_key`, its ids and its salt.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from typing import Any
 from qrank.tokenize import PairTokens
 
 
+def prefix_key(ids: tuple[int, ...], salt: str = "") -> Hashable:
+    """The key of a prefix in batches and in the prefix cache: its ids, with the request's
+    ``cache_salt`` when it has one, so that tenants of different salts never share its keys
+    and values (nor learn from timing whether another sent it). No salt: the ids alone."""
+    return (salt, ids) if salt else ids
+
+
 @dataclass
 class WorkItem:
     """One pair to score and an opaque key the caller uses to route its score back."""
@@ -28,10 +38,15 @@ class WorkItem:
 
 @dataclass
 class BatchGroup:
-    """Items of one batch that share the same query-side ids."""
+    """Items of one batch that share the same query-side ids (and ``cache_salt``)."""
 
     shared: tuple[int, ...]
     items: list[WorkItem] = field(default_factory=list)
+    salt: str = ""
+
+    def key(self, ids: tuple[int, ...] | None = None) -> Hashable:
+        """The prefix key of ``ids`` (default: the shared ids) under this group's salt."""
+        return prefix_key(self.shared if ids is None else ids, self.salt)
 
 
 @dataclass
@@ -52,7 +67,7 @@ class Scheduler:
     """Holds pending pairs and cuts them into batches.
 
     ``share_prefixes`` False makes every pair an independent sequence. ``is_cached`` tells
-    whether a prefix's keys and values are already cached (then it costs no tokens).
+    whether a prefix (by its :func:`prefix_key`) is already cached (then it costs no tokens).
     """
 
     def __init__(
@@ -60,7 +75,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int = 256,
         share_prefixes: bool = True,
-        is_cached: Callable[[tuple[int, ...]], bool] | None = None,
+        is_cached: Callable[[Hashable], bool] | None = None,
     ) -> None:
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
@@ -75,16 +90,16 @@ class Scheduler:
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
-            shared = item.tokens.shared
-            key: Hashable = shared if self.share_prefixes else (shared, id(item))
+            shared, salt = item.tokens.shared, item.tokens.salt
+            key = prefix_key(shared, salt) if self.share_prefixes else (shared, id(item))
             group = self._pending.get(key)
             if group is None:
-                group = self._pending[key] = BatchGroup(shared)
+                group = self._pending[key] = BatchGroup(shared, salt=salt)
             group.items.append(item)
         self._num_pending += len(items)
 
     def _cost(self, group: BatchGroup, taken: int, item: WorkItem,
-              heads: set[tuple[int, ...]], discount: int) -> tuple[int, int]:
+              heads: set[Hashable], discount: int) -> tuple[int, int]:
         """``(tokens, discount)``: what adding ``item`` to a batch already holding ``taken``
         items of ``group`` costs, and the head tokens its group was not charged.
 
@@ -99,12 +114,12 @@ class Scheduler:
             return own + discount, 0
         if not self.share_prefixes:
             return own + len(group.shared), 0
-        if self.is_cached(group.shared):
+        if self.is_cached(group.key()):
             return own, 0
         n = item.tokens.head
         if not n:
             return own + len(group.shared), 0
-        head = group.shared[:n]
+        head = group.key(group.shared[:n])
         known = head in heads or self.is_cached(head)
         return own + len(group.shared) - (n if known else 0), n
 
@@ -113,7 +128,7 @@ class Scheduler:
         if not self._pending:
             return None
         groups: list[BatchGroup] = []
-        heads: set[tuple[int, ...]] = set()  # template heads this batch computes
+        heads: set[Hashable] = set()  # prefix keys of the template heads this batch computes
         tokens = pairs = 0
         full = False
         for key in list(self._pending):
@@ -127,13 +142,13 @@ class Scheduler:
                     full = True
                     break
                 if new_discount:  # a lone pair so far, under its head
-                    heads.add(group.shared[:new_discount])
+                    heads.add(group.key(group.shared[:new_discount]))
                 taken.append(item)
                 discount = new_discount
                 tokens += cost
                 pairs += 1
             if taken:
-                groups.append(BatchGroup(group.shared, taken))
+                groups.append(BatchGroup(group.shared, taken, group.salt))
                 del group.items[: len(taken)]
                 if not group.items:
                     del self._pending[key]

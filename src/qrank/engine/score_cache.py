@@ -1,5 +1,8 @@
 """A bounded least-recently-used cache of scores, keyed by a pair's exact token ids.
 
+The engines keep each pair's logit here (the score before its sigmoid), so a cached answer
+serves requests for the score and for the logit alike.
+
 Search traffic repeats (popular queries, retries, the next page of a result list); a pair whose
 token ids, model, dtype and ``cache_salt`` were scored before is answered from here without
 entering the engine. The key is a 128-bit BLAKE2b digest of those, never the text, so a score is

@@ -43,6 +43,14 @@ class ScoreHead(nn.Module):
         return torch.sigmoid(self.logits(hidden))
 
 
+def sigmoid_scores(logits: list[float]) -> list[float]:
+    """Scores from the head's logits: the sigmoid in float32, bit for bit what
+    :meth:`ScoreHead.forward` gives (a float32 logit survives the trip through a Python float)."""
+    if not logits:
+        return []
+    return torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
+
+
 def vocabulary_rows(
     ckpt: SafetensorsCheckpoint, config: dict[str, Any], token_ids: list[int]
 ) -> torch.Tensor:

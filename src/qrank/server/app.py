@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,7 @@ from qrank.score_template import TemplateError
 from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
 from qrank.server.protocol import (
     ErrorResponse,
+    FieldError,
     ModelCard,
     ModelList,
     RerankDocument,
@@ -43,13 +46,16 @@ from qrank.server.protocol import (
     ScoreResponse,
     ScoreUsage,
     Usage,
+    VLLMOptions,
     error_body,
+    valid_request_id,
 )
 from qrank.tokenize import InputTooLongError, PairTokens
 
 logger = logging.getLogger(__name__)
 
 OPEN_ROUTES = {"/health"}
+REQUEST_ID_HEADER = "X-Request-Id"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
 }
@@ -180,6 +186,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                 metrics.observe_request("unauthorized", 401, time.perf_counter() - start)
                 return response
         response = await call_next(request)
+        sent_id = request.headers.get(REQUEST_ID_HEADER)
+        if sent_id and REQUEST_ID_HEADER not in response.headers:
+            with contextlib.suppress(ValueError):  # a bad one got its 400 from the route
+                response.headers[REQUEST_ID_HEADER] = valid_request_id(sent_id)
         route = request.scope.get("route")
         label = getattr(route, "path", "unmatched")
         metrics.observe_request(label, response.status_code, time.perf_counter() - start)
@@ -191,6 +201,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(FieldError)
+    async def on_field_error(_: Request, exc: FieldError) -> JSONResponse:
+        return error_response(400, str(exc), exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -231,20 +245,40 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                            "truncate_prompt_tokens")
         return truncate_prompt_tokens
 
+    def encode_options(req: RerankRequest | ScoreRequest) -> dict[str, Any]:
+        """What both routes tell the tokenizer, from the request's fields."""
+        return dict(instruction=req.template_instruction(),
+                    max_length=max_length(req.truncate_prompt_tokens), truncate=req.truncate,
+                    truncation_side=req.truncation_side or "right",
+                    max_query_tokens=req.max_tokens_per_query,
+                    chat_template_kwargs=req.chat_template_kwargs)
+
+    def request_id(req: VLLMOptions, request: Request, kind: str) -> str:
+        """The request's id: its X-Request-Id header, else its request_id, else a new one."""
+        sent = request.headers.get(REQUEST_ID_HEADER)
+        if sent is not None:
+            try:
+                return valid_request_id(sent)
+            except ValueError as exc:
+                raise APIError(400, f"the {REQUEST_ID_HEADER} header {exc}",
+                               REQUEST_ID_HEADER) from exc
+        return req.request_id or f"{kind}-{uuid.uuid4().hex}"
+
     async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any,
-                       salt: str | None = None) -> list[PairTokens]:
+                       salt: str | None = None, **options: Any) -> list[PairTokens]:
         try:
-            pairs = await run_in_threadpool(fn, *args)
+            pairs = await run_in_threadpool(fn, *args, **options)
         except InputTooLongError as exc:
             raise APIError(400, str(exc), "documents") from exc
         except TemplateError as exc:  # a score template that refuses the request's variables
             raise APIError(400, str(exc)) from exc
         return [replace(p, salt=salt) for p in pairs] if salt else pairs
 
-    async def score(pairs: list[PairTokens]) -> tuple[list[float], int]:
-        """The pairs' scores and how many of them the score cache answered."""
+    async def score(pairs: list[PairTokens], use_activation: bool | None = None
+                    ) -> tuple[list[float], int]:
+        """The pairs' scores (or logits) and how many of them the score cache answered."""
         try:
-            future = await run_in_threadpool(engine.submit, pairs)
+            future = await run_in_threadpool(engine.submit, pairs, use_activation is not False)
         except QueueFullError as exc:
             raise APIError(503, f"the server is busy ({exc}); retry shortly",
                            headers={"Retry-After": "1"}) from exc
@@ -263,15 +297,15 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     @app.post("/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     @app.post("/v2/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
-    async def rerank(req: RerankRequest) -> JSONResponse:
+    async def rerank(req: RerankRequest, request: Request) -> JSONResponse:
         """Rerank documents by relevance to the query (vLLM / Jina / Cohere)."""
         check_model(req.model)
+        rid = request_id(req, request, "rerank")
         docs = req.document_texts()
         check_count(len(docs), "documents")
-        pairs = await tokenize(core.encode, req.query, docs, req.instruction,
-                               max_length(req.truncate_prompt_tokens), req.truncate,
-                               req.max_tokens_per_doc, salt=req.cache_salt)
-        scores, cached = await score(pairs)
+        pairs = await tokenize(core.encode, req.query, docs, max_doc_tokens=req.max_tokens_per_doc,
+                               salt=req.cache_salt, **encode_options(req))
+        scores, cached = await score(pairs, req.use_activation)
         order = sorted(range(len(docs)), key=lambda i: -scores[i])
         if req.top_n:
             order = order[: req.top_n]
@@ -281,32 +315,38 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             for i in order
         ]
         tokens = sum(len(p) for p in pairs)
-        body = RerankResponse(model=req.model or display_name,
+        body = RerankResponse(id=rid, model=req.model or display_name,
                               usage=Usage(prompt_tokens=tokens, total_tokens=tokens,
                                           cached_pairs=cached),
                               results=results).model_dump()
         if not req.return_documents:
             for r in body["results"]:
                 del r["document"]
-        return JSONResponse(body)
+        return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
 
     @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
-    async def score_pairs(req: ScoreRequest) -> ScoreResponse:
+    async def score_pairs(req: ScoreRequest, request: Request, response: Response
+                          ) -> ScoreResponse:
         """Score 1:1, 1:N or N:N text pairs (vLLM's score API)."""
         check_model(req.model)
+        rid = request_id(req, request, "score")
+        (name_1, side_1), (name_2, side_2) = req.sides()
         try:
-            queries, docs = pair_up(req.text_1, req.text_2)
+            queries, docs = pair_up(side_1, side_2)
         except ValueError as exc:
-            raise APIError(400, str(exc), "text_2") from exc
+            raise APIError(400, f"N:N scoring needs as many texts on each side (or one {name_1} "
+                                f"for 1:N): {name_1} has {len(side_1)} texts and {name_2} has "
+                                f"{1 if isinstance(side_2, str) else len(side_2)}",
+                           name_2) from exc
         check_count(len(docs), "pairs")
-        pairs = await tokenize(core.encode_pairs, queries, docs, req.instruction,
-                               max_length(req.truncate_prompt_tokens), req.truncate,
-                               salt=req.cache_salt)
-        scores, cached = await score(pairs)
+        pairs = await tokenize(core.encode_pairs, queries, docs, salt=req.cache_salt,
+                               **encode_options(req))
+        scores, cached = await score(pairs, req.use_activation)
         tokens = sum(len(p) for p in pairs)
+        response.headers[REQUEST_ID_HEADER] = rid
         return ScoreResponse(
-            model=req.model or display_name,
+            id=rid, model=req.model or display_name,
             data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, cached_pairs=cached),
         )

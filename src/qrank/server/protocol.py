@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 
 def no_lone_surrogates(value: str) -> str:
@@ -22,6 +22,76 @@ def no_lone_surrogates(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(no_lone_surrogates)]
+Texts = Text | list[Text]
+
+
+def no_lone_surrogates_within(value: Any) -> Any:
+    """:func:`no_lone_surrogates` for every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return no_lone_surrogates(value)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            no_lone_surrogates(k)
+            no_lone_surrogates_within(v)
+    elif isinstance(value, list):
+        for v in value:
+            no_lone_surrogates_within(v)
+    return value
+
+
+TemplateKwargs = Annotated[dict[str, Any], AfterValidator(no_lone_surrogates_within)]
+REQUEST_ID_MAX = 256
+
+
+def valid_request_id(value: str) -> str:
+    """A request id is echoed in the ``X-Request-Id`` header: printable ASCII, no spaces."""
+    if not 0 < len(value) <= REQUEST_ID_MAX or not all("!" <= c <= "~" for c in value):
+        raise ValueError(f"must be 1 to {REQUEST_ID_MAX} printable ASCII characters without "
+                         "spaces, as it is echoed in the X-Request-Id header")
+    return value
+
+
+class FieldError(ValueError):
+    """Fields of a request that cannot go together; ``param`` names the one to change."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class VLLMOptions(BaseModel):
+    """Fields of vLLM's pooling API that /rerank and /score both take."""
+
+    truncation_side: Literal["left", "right"] | None = Field(
+        None, description="which end of a document a pair too long for truncate_prompt_tokens "
+                          "(or max_model_len) loses: 'right' (default) keeps its start, 'left' "
+                          "its end; the template is never cut")
+    max_tokens_per_query: int | None = Field(
+        None, ge=1, description="cut the query's text to this many tokens before the template "
+                                "is applied")
+    chat_template_kwargs: TemplateKwargs | None = Field(
+        None, description="variables of the score template; its 'instruction' works as the "
+                          "instruction field")
+    use_activation: bool | None = Field(
+        None, description="false: the raw logit (logit_yes - logit_no) instead of its sigmoid")
+    request_id: Annotated[Text, AfterValidator(valid_request_id)] | None = Field(
+        None, description="echoed as the response id and X-Request-Id header (default: the "
+                          "X-Request-Id request header, else a new id)")
+    user: Text | None = Field(None, description="the end user (OpenAI's field); ignored")
+
+    def template_instruction(self) -> str | None:
+        """The ``<Instruct>`` line: ``instruction`` or ``chat_template_kwargs.instruction``
+        (None: the default); when both are given they must agree."""
+        own: str | None = getattr(self, "instruction", None)
+        kw = (self.chat_template_kwargs or {}).get("instruction")
+        if kw is not None and not isinstance(kw, str):
+            raise FieldError("chat_template_kwargs.instruction must be a string",
+                             "chat_template_kwargs.instruction")
+        if own is not None and kw is not None and own != kw:
+            raise FieldError("instruction and chat_template_kwargs.instruction differ; send one "
+                             "of them (or the same text in both)",
+                             "chat_template_kwargs.instruction")
+        return own if own is not None else kw
 
 
 class TextDocument(BaseModel):
@@ -30,7 +100,7 @@ class TextDocument(BaseModel):
     text: Text
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(VLLMOptions):
     """POST /rerank, /v1/rerank, /v2/rerank."""
 
     model_config = ConfigDict(extra="allow")
@@ -68,19 +138,28 @@ class RerankRequest(BaseModel):
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
 
-class ScoreRequest(BaseModel):
-    """POST /score, /v1/score: 1:1, 1:N and N:N pairs, as vLLM's score API."""
+FIRST_SIDE = ("text_1", "queries", "data_1")
+SECOND_SIDE = ("text_2", "documents", "items", "data_2")
+
+
+class ScoreRequest(VLLMOptions):
+    """POST /score, /v1/score: 1:1, 1:N and N:N pairs, as vLLM's score API.
+
+    The two sides go by any of vLLM's names: ``text_1``/``text_2``, ``queries``/``documents``,
+    ``queries``/``items``, ``data_1``/``data_2`` (any name of one side with any of the other).
+    """
 
     model_config = ConfigDict(extra="allow")
 
     model: Text | None = None
-    text_1: Text | list[Text] = Field(
-        ..., validation_alias=AliasChoices("text_1", "queries"), description="query or queries"
-    )
-    text_2: Text | list[Text] = Field(
-        ..., validation_alias=AliasChoices("text_2", "documents"),
-        description="document or documents",
-    )
+    text_1: Texts | None = Field(None, description="query or queries (or: queries, data_1)")
+    text_2: Texts | None = Field(
+        None, description="document or documents (or: documents, items, data_2)")
+    queries: Texts | None = None
+    documents: Texts | None = None
+    items: Texts | None = None
+    data_1: Texts | None = None
+    data_2: Texts | None = None
     instruction: Text | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     truncate: bool = Field(True, validation_alias=AliasChoices("truncate", "truncation"))
@@ -89,13 +168,23 @@ class ScoreRequest(BaseModel):
                           "field; a tenant's own salt keeps its requests apart)"
     )
 
-    @model_validator(mode="after")
-    def _non_empty(self) -> ScoreRequest:
-        for name in ("text_1", "text_2"):
-            value = getattr(self, name)
-            if isinstance(value, list) and not value:
-                raise ValueError(f"{name} must hold at least one text")
-        return self
+    def sides(self) -> tuple[tuple[str, str | list[str]], tuple[str, str | list[str]]]:
+        """``(name, value)`` of the query side and of the document side, as the client named
+        them; :class:`FieldError` when a side is missing, empty or given twice."""
+        return self._side(FIRST_SIDE, "queries"), self._side(SECOND_SIDE, "documents")
+
+    def _side(self, names: tuple[str, ...], what: str) -> tuple[str, str | list[str]]:
+        given = [n for n in names if getattr(self, n) is not None]
+        if not given:
+            raise FieldError(f"no {what}: send {names[0]} (or {', '.join(names[1:])})",
+                             names[0])
+        if len(given) > 1:
+            raise FieldError(f"{' and '.join(given)} both give the {what}; send one of them",
+                             given[1])
+        value = getattr(self, given[0])
+        if isinstance(value, list) and not value:
+            raise FieldError(f"{given[0]} must hold at least one text", given[0])
+        return given[0], value
 
 
 class Usage(BaseModel):
