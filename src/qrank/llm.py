@@ -8,6 +8,7 @@ from typing import Any
 
 from qrank.config import EngineArgs
 from qrank.engine.data_parallel import create_engine
+from qrank.windows import DEFAULT_OVERLAP, Chunk, best_windows, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +23,13 @@ IGNORED_VLLM_KWARGS = {
 
 @dataclass
 class ScoreOutput:
-    """One reranked document: its index in the input, its relevance score and its text."""
+    """One reranked document: its index in the input, its relevance score and its text;
+    ``chunk``: the best window of a document split into windows (else None)."""
 
     index: int
     score: float
     document: str | None = None
+    chunk: Chunk | None = None
 
     @property
     def relevance_score(self) -> float:
@@ -35,9 +38,11 @@ class ScoreOutput:
 
 @dataclass
 class ScoringOutput:
-    """vLLM's ``ScoringOutput``; also indexable as ``outputs[0]`` as older vLLM scripts do."""
+    """vLLM's ``ScoringOutput``; also indexable as ``outputs[0]`` as older vLLM scripts do.
+    ``chunk`` (qrank's): the best window of a document split into windows, else None."""
 
     score: float
+    chunk: Chunk | None = None
 
     def __getitem__(self, index: int) -> ScoringOutput:
         if index not in (0, -1):
@@ -77,20 +82,35 @@ class Reranker:
         return self.engine.max_model_len
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
-              use_tqdm: bool | None = None) -> list[float]:
-        """Relevance of each document to the query, in the documents' order."""
-        return self.engine.score_tokens(self.engine.encode(query, documents, instruction),
-                                        use_tqdm=use_tqdm)
+              use_tqdm: bool | None = None, *, max_chunks_per_doc: int = 1,
+              chunk_overlap_tokens: int = DEFAULT_OVERLAP) -> list[float]:
+        """Relevance of each document to the query, in the documents' order.
+
+        ``max_chunks_per_doc`` > 1 splits a document too long to fit into up to that many
+        windows overlapping by ``chunk_overlap_tokens``; it scores its best window's score.
+        """
+        return [s for s, _ in self._score_docs(query, documents, instruction, use_tqdm,
+                                               max_chunks_per_doc, chunk_overlap_tokens)]
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
-               instruction: str | None = None, use_tqdm: bool | None = None
+               instruction: str | None = None, use_tqdm: bool | None = None, *,
+               max_chunks_per_doc: int = 1, chunk_overlap_tokens: int = DEFAULT_OVERLAP
                ) -> list[ScoreOutput]:
-        """Documents sorted by relevance, best first, with their original index."""
-        scores = self.score(query, documents, instruction, use_tqdm)
-        ranked = sorted(range(len(documents)), key=lambda i: -scores[i])
+        """Documents sorted by relevance, best first, with their original index; a document
+        split into windows (see :meth:`score`) carries its best window as ``chunk``."""
+        scored = self._score_docs(query, documents, instruction, use_tqdm, max_chunks_per_doc,
+                                  chunk_overlap_tokens)
+        ranked = sorted(range(len(documents)), key=lambda i: -scored[i][0])
         if top_n is not None:
             ranked = ranked[: max(0, top_n)]
-        return [ScoreOutput(i, scores[i], documents[i]) for i in ranked]
+        return [ScoreOutput(i, scored[i][0], documents[i], scored[i][1]) for i in ranked]
+
+    def _score_docs(self, query: str, documents: list[str], instruction: str | None,
+                    use_tqdm: bool | None, max_chunks: int, overlap: int
+                    ) -> list[tuple[float, Chunk | None]]:
+        docs = self.engine.encode_docs(query, documents, instruction, max_chunks=max_chunks,
+                                       overlap=overlap)
+        return best_windows(docs, self.engine.score_tokens(flatten(docs), use_tqdm=use_tqdm))
 
     def close(self) -> None:
         self.engine.close()
@@ -118,17 +138,25 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
         instruction: str | None = None,
+        max_chunks_per_doc: int = 1,
+        chunk_overlap_tokens: int = DEFAULT_OVERLAP,
         **_: Any,
     ) -> list[ScoringRequestOutput]:
-        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``."""
+        """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``; ``max_chunks_per_doc``
+        as :meth:`Reranker.score` (a split document's ``prompt_token_ids`` are its best
+        window's)."""
         queries, documents = pair_up(data_1, data_2)
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
-        toks = self.engine.encode_pairs(queries, documents, instruction, max_length)
+        docs = self.engine.encode_pair_docs(queries, documents, instruction, max_length,
+                                            max_chunks=max_chunks_per_doc,
+                                            overlap=chunk_overlap_tokens)
+        toks = flatten(docs)
         many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
         scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many)
         outputs = []
-        for t, s in zip(toks, scores, strict=True):
-            outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s), t.ids))
+        for d, (s, chunk) in zip(docs, best_windows(docs, scores), strict=True):
+            ids = d.pairs[chunk.index if chunk else 0].ids
+            outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s, chunk), ids))
             self._counter += 1
         return outputs
 

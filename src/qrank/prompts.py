@@ -34,11 +34,14 @@ class PromptPair:
 
     ``query_side`` is the system prefix followed by the query body (instruction and query);
     ``doc_body`` is the document body, without the suffix that always follows it. The whole
-    prompt is ``query_side + doc_body + SUFFIX``.
+    prompt is ``query_side + doc_body + SUFFIX``. ``doc_span``: where the client's document
+    text lies in ``doc_body`` (start, end), so a long document can be split into windows; None
+    when unknown (the client formatted the document itself).
     """
 
     query_side: str
     doc_body: str
+    doc_span: tuple[int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -73,4 +76,6 @@ def render_pairs(
     if is_preformatted(query, documents):
         return [PromptPair(query, d[: len(d) - len(SUFFIX)]) for d in documents]
     query_side = SYSTEM_PREFIX + render_query_body(query, instruction)
-    return [PromptPair(query_side, DOCUMENT_TEMPLATE.format(doc=d)) for d in documents]
+    label = len(DOCUMENT_TEMPLATE.split("{", 1)[0])
+    return [PromptPair(query_side, DOCUMENT_TEMPLATE.format(doc=d), (label, label + len(d)))
+            for d in documents]

@@ -24,6 +24,7 @@ from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
 from qrank.prompts import render_pairs
 from qrank.tokenize import PairTokens
+from qrank.windows import DEFAULT_OVERLAP, DocTokens, encode_docs
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,41 @@ class Engine:
             for i, toks in zip(idx, self.encode(q, [documents[i] for i in idx], instruction,
                                                  max_length, truncate), strict=True):
                 out[i] = toks
+        return out  # type: ignore[return-value]
+
+    def encode_docs(
+        self, query: str, documents: list[str], instruction: str | None = None,
+        max_length: int | None = None, truncate: bool = True, max_doc_tokens: int | None = None,
+        max_chunks: int = 1, overlap: int = DEFAULT_OVERLAP,
+    ) -> list[DocTokens]:
+        """Template and tokenize one query with its documents; with ``max_chunks`` > 1 a
+        document too long to fit is split into windows (:mod:`qrank.windows`)."""
+        if max_chunks == 1:
+            return [DocTokens((p,)) for p in self.encode(query, documents, instruction,
+                                                         max_length, truncate, max_doc_tokens)]
+        limit = min(max_length or self.max_model_len, self.max_model_len)
+        pairs = render_pairs(query, documents, instruction)
+        return encode_docs(self.tokenizer, pairs, limit, truncate, max_doc_tokens, max_chunks,
+                           overlap)
+
+    def encode_pair_docs(
+        self, queries: list[str], documents: list[str], instruction: str | None = None,
+        max_length: int | None = None, truncate: bool = True, max_chunks: int = 1,
+        overlap: int = DEFAULT_OVERLAP,
+    ) -> list[DocTokens]:
+        """:meth:`encode_docs` for N:N pairs, grouping equal queries."""
+        if max_chunks == 1:
+            return [DocTokens((p,)) for p in self.encode_pairs(queries, documents, instruction,
+                                                               max_length, truncate)]
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        out: list[DocTokens | None] = [None] * len(queries)
+        for q, idx in by_query.items():
+            docs = self.encode_docs(q, [documents[i] for i in idx], instruction, max_length,
+                                    truncate, None, max_chunks, overlap)
+            for i, d in zip(idx, docs, strict=True):
+                out[i] = d
         return out  # type: ignore[return-value]
 
     # ---- compute ------------------------------------------------------------------------

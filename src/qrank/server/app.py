@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +30,7 @@ from qrank.engine.engine import AsyncEngine, EngineDeadError, QueueFullError
 from qrank.llm import pair_up
 from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
 from qrank.server.protocol import (
+    ChunkInfo,
     ErrorResponse,
     ModelCard,
     ModelList,
@@ -45,6 +46,7 @@ from qrank.server.protocol import (
     error_body,
 )
 from qrank.tokenize import InputTooLongError, PairTokens
+from qrank.windows import DEFAULT_OVERLAP, Chunk, DocTokens, best_windows, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,17 @@ class ServerSettings:
     max_docs_per_request: int = 1000
     max_request_bytes: int = 32 * 1024 * 1024
     shutdown_timeout: float = 60.0
+    max_chunks_per_doc: int = 1
+    chunk_overlap_tokens: int = DEFAULT_OVERLAP
+    max_chunks_per_request: int = 4000
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if self.max_chunks_per_doc < 1 or self.max_chunks_per_request < 1:
+            raise ValueError("--max-chunks-per-doc and --max-chunks-per-request must be at "
+                             "least 1")
+        if self.chunk_overlap_tokens < 0:
+            raise ValueError("--chunk-overlap-tokens must not be negative")
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -230,13 +242,27 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                            "truncate_prompt_tokens")
         return truncate_prompt_tokens
 
-    async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any,
-                       salt: str | None = None) -> list[PairTokens]:
+    async def tokenize_docs(fn: Callable[..., list[DocTokens]], *args: Any,
+                            salt: str | None = None) -> tuple[list[DocTokens], list[PairTokens]]:
+        """The documents' pairs (a split document's windows) and all pairs, flat, salted;
+        400 when the windows are more than a request may have."""
         try:
-            pairs = await run_in_threadpool(fn, *args)
+            docs = await run_in_threadpool(fn, *args)
         except InputTooLongError as exc:
             raise APIError(400, str(exc), "documents") from exc
-        return [replace(p, salt=salt) for p in pairs] if salt else pairs
+        pairs = flatten(docs)
+        if len(pairs) > max(settings.max_chunks_per_request, len(docs)):
+            raise APIError(400, f"the documents split into {len(pairs)} windows; this server "
+                                f"scores at most {settings.max_chunks_per_request} in one "
+                                "request: lower max_chunks_per_doc, or send fewer or shorter "
+                                "documents", "max_chunks_per_doc")
+        return docs, [replace(p, salt=salt) for p in pairs] if salt else pairs
+
+    def chunking(req: RerankRequest | ScoreRequest) -> tuple[int, int]:
+        """(max_chunks_per_doc, chunk_overlap_tokens): the request's, else the server's."""
+        chunks = req.max_chunks_per_doc or settings.max_chunks_per_doc
+        overlap = req.chunk_overlap_tokens
+        return chunks, settings.chunk_overlap_tokens if overlap is None else overlap
 
     async def score(pairs: list[PairTokens]) -> tuple[list[float], int]:
         """The pairs' scores and how many of them the score cache answered."""
@@ -265,16 +291,19 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         check_model(req.model)
         docs = req.document_texts()
         check_count(len(docs), "documents")
-        pairs = await tokenize(core.encode, req.query, docs, req.instruction,
-                               max_length(req.truncate_prompt_tokens), req.truncate,
-                               req.max_tokens_per_doc, salt=req.cache_salt)
-        scores, cached = await score(pairs)
-        order = sorted(range(len(docs)), key=lambda i: -scores[i])
+        windows, pairs = await tokenize_docs(
+            core.encode_docs, req.query, docs, req.instruction,
+            max_length(req.truncate_prompt_tokens), req.truncate, req.max_tokens_per_doc,
+            *chunking(req), salt=req.cache_salt)
+        pair_scores, cached = await score(pairs)
+        best = best_windows(windows, pair_scores)
+        order = sorted(range(len(docs)), key=lambda i: -best[i][0])
         if req.top_n:
             order = order[: req.top_n]
         results = [
-            RerankResult(index=i, relevance_score=scores[i],
-                         document=RerankDocument(text=docs[i]) if req.return_documents else None)
+            RerankResult(index=i, relevance_score=best[i][0],
+                         document=RerankDocument(text=docs[i]) if req.return_documents else None,
+                         chunk=chunk_info(best[i][1]))
             for i in order
         ]
         tokens = sum(len(p) for p in pairs)
@@ -297,14 +326,17 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         except ValueError as exc:
             raise APIError(400, str(exc), "text_2") from exc
         check_count(len(docs), "pairs")
-        pairs = await tokenize(core.encode_pairs, queries, docs, req.instruction,
-                               max_length(req.truncate_prompt_tokens), req.truncate,
-                               salt=req.cache_salt)
-        scores, cached = await score(pairs)
+        windows, pairs = await tokenize_docs(
+            core.encode_pair_docs, queries, docs, req.instruction,
+            max_length(req.truncate_prompt_tokens), req.truncate, *chunking(req),
+            salt=req.cache_salt)
+        pair_scores, cached = await score(pairs)
+        best = best_windows(windows, pair_scores)
         tokens = sum(len(p) for p in pairs)
         return ScoreResponse(
             model=req.model or display_name,
-            data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+            data=[ScoreData(index=i, score=s, chunk=chunk_info(c))
+                  for i, (s, c) in enumerate(best)],
             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, cached_pairs=cached),
         )
 
@@ -333,6 +365,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     return app
 
 
+def chunk_info(chunk: Chunk | None) -> ChunkInfo | None:
+    return None if chunk is None else ChunkInfo(**asdict(chunk))
+
+
 def run_server(ns: argparse.Namespace) -> int:
     """``qrank serve``: load the model once, then serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -348,6 +384,9 @@ def run_server(ns: argparse.Namespace) -> int:
         max_docs_per_request=ns.max_docs_per_request,
         max_request_bytes=ns.max_request_bytes,
         shutdown_timeout=ns.shutdown_timeout,
+        max_chunks_per_doc=ns.max_chunks_per_doc,
+        chunk_overlap_tokens=ns.chunk_overlap_tokens,
+        max_chunks_per_request=ns.max_chunks_per_request,
     )
     app = create_app(engine, settings)
     logger.info("listening on http://%s:%d (auth %s)", ns.host, ns.port,
