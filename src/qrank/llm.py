@@ -83,33 +83,39 @@ class Reranker:
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
               use_tqdm: bool | None = None, *, max_chunks_per_doc: int = 1,
-              chunk_overlap_tokens: int = DEFAULT_OVERLAP) -> list[float]:
+              chunk_overlap_tokens: int = DEFAULT_OVERLAP,
+              truncate_prompt_tokens: int | None = None) -> list[float]:
         """Relevance of each document to the query, in the documents' order.
 
         ``max_chunks_per_doc`` > 1 splits a document too long to fit into up to that many
         windows overlapping by ``chunk_overlap_tokens``; it scores its best window's score.
+        ``truncate_prompt_tokens``: the most tokens of a pair (or window), at most (and by
+        default) ``max_model_len``.
         """
         return [s for s, _ in self._score_docs(query, documents, instruction, use_tqdm,
-                                               max_chunks_per_doc, chunk_overlap_tokens)]
+                                               max_chunks_per_doc, chunk_overlap_tokens,
+                                               truncate_prompt_tokens)]
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
                instruction: str | None = None, use_tqdm: bool | None = None, *,
-               max_chunks_per_doc: int = 1, chunk_overlap_tokens: int = DEFAULT_OVERLAP
-               ) -> list[ScoreOutput]:
+               max_chunks_per_doc: int = 1, chunk_overlap_tokens: int = DEFAULT_OVERLAP,
+               truncate_prompt_tokens: int | None = None) -> list[ScoreOutput]:
         """Documents sorted by relevance, best first, with their original index; a document
         split into windows (see :meth:`score`) carries its best window as ``chunk``."""
         scored = self._score_docs(query, documents, instruction, use_tqdm, max_chunks_per_doc,
-                                  chunk_overlap_tokens)
+                                  chunk_overlap_tokens, truncate_prompt_tokens)
         ranked = sorted(range(len(documents)), key=lambda i: -scored[i][0])
         if top_n is not None:
             ranked = ranked[: max(0, top_n)]
         return [ScoreOutput(i, scored[i][0], documents[i], scored[i][1]) for i in ranked]
 
     def _score_docs(self, query: str, documents: list[str], instruction: str | None,
-                    use_tqdm: bool | None, max_chunks: int, overlap: int
-                    ) -> list[tuple[float, Chunk | None]]:
-        docs = self.engine.encode_docs(query, documents, instruction, max_chunks=max_chunks,
-                                       overlap=overlap)
+                    use_tqdm: bool | None, max_chunks: int, overlap: int,
+                    max_length: int | None) -> list[tuple[float, Chunk | None]]:
+        if max_length == -1:
+            max_length = None
+        docs = self.engine.encode_docs(query, documents, instruction, max_length,
+                                       max_chunks=max_chunks, overlap=overlap)
         return best_windows(docs, self.engine.score_tokens(flatten(docs), use_tqdm=use_tqdm))
 
     def close(self) -> None:

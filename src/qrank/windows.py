@@ -144,9 +144,9 @@ class _Splitter:
         self.room = max_length - len(shared) - len(tok.suffix_ids) - label
         if self.room < 1:
             raise InputTooLongError(
-                f"the query takes {len(shared)} of the {max_length} tokens a pair may have "
-                f"(the template included), leaving no room for a window of the document; "
-                "shorten the query or raise the length limit")
+                f"the query with the template and instruction takes {max_length - self.room} "
+                f"of the {max_length} tokens a pair may have, leaving no room for a window of "
+                "the document; shorten the query or raise the length limit")
 
     # ---- where to cut --------------------------------------------------------------------
     def quality(self, k: int) -> int:
