@@ -73,3 +73,21 @@ def test_limits_get_400_saying_what_to_lower(client):
         msg = bad_request(client, "/rerank", {"query": QUERY, "documents": [LONG], field: value})
         assert field in msg
     assert client.get("/health").status_code == 200
+
+
+def test_serve_flags_and_their_checks():
+    from qrank.cli import build_parser
+    from qrank.server.app import ServerSettings
+
+    ns = build_parser().parse_args(["serve", "m"])
+    assert (ns.max_chunks_per_doc, ns.chunk_overlap_tokens, ns.max_chunks_per_request) == \
+        (1, 64, 4000)
+    ns = build_parser().parse_args(["serve", "m", "--max-chunks-per-doc", "8",
+                                    "--chunk-overlap-tokens", "32",
+                                    "--max-chunks-per-request", "100"])
+    assert (ns.max_chunks_per_doc, ns.chunk_overlap_tokens, ns.max_chunks_per_request) == \
+        (8, 32, 100)
+    for bad in ({"max_chunks_per_doc": 0}, {"chunk_overlap_tokens": -1},
+                {"max_chunks_per_request": 0}):
+        with pytest.raises(ValueError, match="--"):
+            ServerSettings(served_model_names=["m"], **bad)

@@ -377,7 +377,6 @@ def run_server(ns: argparse.Namespace) -> int:
     from qrank.engine.engine import Engine
 
     args = engine_args_from_namespace(ns)
-    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
     settings = ServerSettings(
         served_model_names=ns.served_model_name or [ns.model],
         api_key=ns.api_key or None,
@@ -387,7 +386,8 @@ def run_server(ns: argparse.Namespace) -> int:
         max_chunks_per_doc=ns.max_chunks_per_doc,
         chunk_overlap_tokens=ns.chunk_overlap_tokens,
         max_chunks_per_request=ns.max_chunks_per_request,
-    )
+    )  # checked before the model loads
+    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
     app = create_app(engine, settings)
     logger.info("listening on http://%s:%d (auth %s)", ns.host, ns.port,
                 "on" if settings.api_key else "off")
