@@ -5,8 +5,8 @@ Windows are cut at token boundaries of the document's encoding, preferring the p
 word boundaries and never inside a character or a combining sequence (accents, emoji joiners
 and modifiers), so that a window's text is a clean slice ``document[start:end]`` of the string
 the client sent. A window's ids are those of that slice encoded alone, so a window scores
-exactly as its text sent alone would. Consecutive windows overlap by at least
-``overlap`` tokens (at most half a window), rounded to a word boundary where one is near.
+exactly as its text sent alone would. Consecutive windows share ``overlap`` tokens (at most
+half a window), rounded up to a word boundary where one is near.
 """
 
 from __future__ import annotations
