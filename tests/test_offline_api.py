@@ -1,6 +1,7 @@
 """The offline API: vLLM's LLM.score and the recipe's script, and our Reranker."""
 
 import ast
+import random
 import subprocess
 import sys
 
@@ -121,3 +122,88 @@ def test_progress_bar_on_for_large_jobs_and_off_on_request(tiny_model, capsys):
     assert "Scoring" not in capsys.readouterr().err
     small_budget.score("q", ["one"])
     assert "Scoring" not in capsys.readouterr().err
+
+
+# ---- long documents in windows (max_chunks_per_doc) ------------------------------------------
+CHUNK_QUERY = "which clause covers termination of the contract?"
+ONE_TOKEN_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then",
+                   "runs", "into", "forest", "where", "birds", "sing", "songs", "about", "rain"]
+
+
+def words(n: int, seed: int = 0) -> str:
+    """A text of exactly ``n`` tokens: words that are one token each."""
+    rng = random.Random(seed)
+    return " ".join(rng.choice(ONE_TOKEN_WORDS) for _ in range(n))
+
+
+def test_chunked_score_is_the_best_window_scored_alone(llm):
+    limit, overlap = 128, 8
+    engine = llm.engine
+    (probe,) = engine.encode_docs(CHUNK_QUERY, ["x"], max_length=limit)
+    room = limit - len(probe.pairs[0]) + 1  # tokens of a window's text ("x" is one)
+    counts = [1, 2, 3, 7, 40]
+    docs = [words(room + (k - 1) * (room - overlap) - 2, seed=k) for k in counts]
+    docs.append("北京是中国的首都。👨‍👩‍👧 e\u0301cole naïve " * 20)  # unicode, several windows
+    options = dict(truncate_prompt_tokens=limit, max_chunks_per_doc=50,
+                   chunk_overlap_tokens=overlap, use_tqdm=False)
+    outs = llm.score(CHUNK_QUERY, docs, **options)
+    windows = engine.encode_docs(CHUNK_QUERY, docs, max_length=limit, max_chunks=50,
+                                 overlap=overlap)
+    assert [len(w.pairs) for w in windows[:-1]] == counts and len(windows[-1].pairs) > 2
+    spans = [w.spans or ((0, len(d)),) for w, d in zip(windows, docs, strict=True)]
+    texts = [d[s:e] for d, sp in zip(docs, spans, strict=True) for s, e in sp]
+    alone = iter(o.outputs.score for o in llm.score(CHUNK_QUERY, texts,
+                                                    truncate_prompt_tokens=limit, use_tqdm=False))
+    scores = [s.outputs.score for s in outs]
+    assert max(scores) - min(scores) > 0.01  # the documents really score apart
+    for out, sp in zip(outs, spans, strict=True):
+        mine = [next(alone) for _ in sp]
+        best = max(range(len(mine)), key=mine.__getitem__)
+        assert out.outputs.score == pytest.approx(mine[best], abs=1e-5)
+        chunk = out.outputs.chunk
+        if len(sp) == 1:
+            assert chunk is None
+            continue
+        assert (chunk.index, chunk.start, chunk.end) == (best, *sp[best])
+        assert chunk.relevance_score == out.outputs.score
+        assert len(out.prompt_token_ids) <= limit
+
+
+def test_a_paragraph_after_20000_tokens_of_filler(llm):
+    unit = "lorem ipsum dolor sit amet "
+    filler = unit * 4000
+    assert llm.engine.tokenizer.count(filler) >= 20_000
+    paragraph = " ".join(["Photosynthesis converts light, water and CO2 into glucose and oxygen."]
+                         * 3)
+    doc = f"{filler}\n\n{paragraph}\n\n{unit * 40}"
+    p0 = len(filler) + 2
+    p1 = p0 + len(paragraph)
+    options = dict(truncate_prompt_tokens=200, use_tqdm=False)
+    truncated, filler_alone = (o.outputs.score for o in llm.score(CHUNK_QUERY, [doc, filler],
+                                                                   **options))
+    # cut before the paragraph: it does not count
+    assert truncated == pytest.approx(filler_alone, abs=1e-6)
+    (out,) = llm.score(CHUNK_QUERY, doc, max_chunks_per_doc=400, chunk_overlap_tokens=16,
+                       **options)
+    chunk = out.outputs.chunk
+    assert chunk is not None and chunk.index > 150  # windows of ~130 tokens: deep in the doc
+    assert chunk.start <= p0 and p1 <= chunk.end  # the best window holds the paragraph
+    (alone,) = llm.score(CHUNK_QUERY, doc[chunk.start:chunk.end], **options)
+    assert out.outputs.score == pytest.approx(alone.outputs.score, abs=1e-5)
+    assert out.outputs.score > truncated + 0.1
+
+
+def test_reranker_carries_the_best_window(reranker):
+    doc, short = words(150, seed=3), "The capital of China is Beijing."
+    options = dict(max_chunks_per_doc=3, chunk_overlap_tokens=0, truncate_prompt_tokens=128)
+    ranked = reranker.rerank(CHUNK_QUERY, [short, doc], **options)
+    got = {r.index: r for r in ranked}
+    assert got[0].chunk is None
+    chunk = got[1].chunk
+    assert chunk is not None and chunk.relevance_score == got[1].score
+    assert reranker.score(CHUNK_QUERY, [short, doc], **options) == [got[0].score, got[1].score]
+    alone = reranker.score(CHUNK_QUERY, [doc[chunk.start:chunk.end]])[0]
+    assert got[1].score == pytest.approx(alone, abs=1e-5)
+    cut = reranker.score(CHUNK_QUERY, [doc], truncate_prompt_tokens=128)[0]
+    assert cut == pytest.approx(reranker.score(CHUNK_QUERY, [doc], **{**options,
+                                               "max_chunks_per_doc": 1})[0], abs=1e-6)

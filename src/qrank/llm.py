@@ -8,6 +8,7 @@ from typing import Any
 
 from qrank.config import EngineArgs, check_reranker_mode
 from qrank.engine.data_parallel import create_engine
+from qrank.windows import DEFAULT_OVERLAP, Chunk, best_windows, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +23,13 @@ IGNORED_VLLM_KWARGS = {
 
 @dataclass
 class ScoreOutput:
-    """One reranked document: its index in the input, its relevance score and its text."""
+    """One reranked document: its index in the input, its relevance score and its text;
+    ``chunk``: the best window of a document split into windows (else None)."""
 
     index: int
     score: float
     document: str | None = None
+    chunk: Chunk | None = None
 
     @property
     def relevance_score(self) -> float:
@@ -35,9 +38,11 @@ class ScoreOutput:
 
 @dataclass
 class ScoringOutput:
-    """vLLM's ``ScoringOutput``; also indexable as ``outputs[0]`` as older vLLM scripts do."""
+    """vLLM's ``ScoringOutput``; also indexable as ``outputs[0]`` as older vLLM scripts do.
+    ``chunk`` (qrank's): the best window of a document split into windows, else None."""
 
     score: float
+    chunk: Chunk | None = None
 
     def __getitem__(self, index: int) -> ScoringOutput:
         if index not in (0, -1):
@@ -80,24 +85,50 @@ class Reranker:
         return self.engine.max_model_len
 
     def score(self, query: str, documents: list[str], instruction: str | None = None,
-              use_tqdm: bool | None = None,
+              use_tqdm: bool | None = None, *, max_chunks_per_doc: int = 1,
+              chunk_overlap_tokens: int = DEFAULT_OVERLAP,
+              truncate_prompt_tokens: int | None = None,
               chat_template_kwargs: dict[str, Any] | None = None,
               use_activation: bool = True) -> list[float]:
-        """Relevance of each document to the query, in the documents' order
-        (``use_activation`` False: the logits the scores are the sigmoid of)."""
-        pairs = self.engine.encode(query, documents, instruction,
-                                   chat_template_kwargs=chat_template_kwargs)
-        return self.engine.score_tokens(pairs, use_tqdm=use_tqdm, use_activation=use_activation)
+        """Relevance of each document to the query, in the documents' order.
+
+        ``max_chunks_per_doc`` > 1 splits a document too long to fit into up to that many
+        windows overlapping by ``chunk_overlap_tokens``; it scores its best window's score.
+        ``truncate_prompt_tokens``: the most tokens of a pair (or window), at most (and by
+        default) ``max_model_len``. ``use_activation`` False: the logits the scores are the
+        sigmoid of.
+        """
+        return [s for s, _ in self._score_docs(
+            query, documents, instruction, use_tqdm, max_chunks_per_doc, chunk_overlap_tokens,
+            truncate_prompt_tokens, chat_template_kwargs, use_activation)]
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None,
-               instruction: str | None = None, use_tqdm: bool | None = None,
+               instruction: str | None = None, use_tqdm: bool | None = None, *,
+               max_chunks_per_doc: int = 1, chunk_overlap_tokens: int = DEFAULT_OVERLAP,
+               truncate_prompt_tokens: int | None = None,
                chat_template_kwargs: dict[str, Any] | None = None) -> list[ScoreOutput]:
-        """Documents sorted by relevance, best first, with their original index."""
-        scores = self.score(query, documents, instruction, use_tqdm, chat_template_kwargs)
-        ranked = sorted(range(len(documents)), key=lambda i: -scores[i])
+        """Documents sorted by relevance, best first, with their original index; a document
+        split into windows (see :meth:`score`) carries its best window as ``chunk``."""
+        scored = self._score_docs(query, documents, instruction, use_tqdm, max_chunks_per_doc,
+                                  chunk_overlap_tokens, truncate_prompt_tokens,
+                                  chat_template_kwargs)
+        ranked = sorted(range(len(documents)), key=lambda i: -scored[i][0])
         if top_n is not None:
             ranked = ranked[: max(0, top_n)]
-        return [ScoreOutput(i, scores[i], documents[i]) for i in ranked]
+        return [ScoreOutput(i, scored[i][0], documents[i], scored[i][1]) for i in ranked]
+
+    def _score_docs(self, query: str, documents: list[str], instruction: str | None,
+                    use_tqdm: bool | None, max_chunks: int, overlap: int,
+                    max_length: int | None, chat_template_kwargs: dict[str, Any] | None,
+                    use_activation: bool = True) -> list[tuple[float, Chunk | None]]:
+        if max_length == -1:
+            max_length = None
+        docs = self.engine.encode_docs(query, documents, instruction, max_length,
+                                       max_chunks=max_chunks, overlap=overlap,
+                                       chat_template_kwargs=chat_template_kwargs)
+        scores = self.engine.score_tokens(flatten(docs), use_tqdm=use_tqdm,
+                                          use_activation=use_activation)
+        return best_windows(docs, scores)
 
     def close(self) -> None:
         self.engine.close()
@@ -134,24 +165,32 @@ class LLM:
         chat_template_kwargs: dict[str, Any] | None = None,
         use_activation: bool | None = None,
         truncation_side: str | None = None,
+        max_chunks_per_doc: int = 1,
+        chunk_overlap_tokens: int = DEFAULT_OVERLAP,
         **_: Any,
     ) -> list[ScoringRequestOutput]:
         """Score 1:1, 1:N or N:N text pairs, as vLLM's ``LLM.score``; ``use_activation``
-        False gives logits, ``truncation_side`` "left" cuts a long document's start."""
+        False gives logits, ``truncation_side`` "left" cuts a long document's start;
+        ``max_chunks_per_doc`` as :meth:`Reranker.score` (a split document's
+        ``prompt_token_ids`` are its best window's)."""
         if chat_template is not None:
             raise ValueError("qrank takes the score template once, as LLM(model, "
                              "chat_template=...), not per score() call")
         queries, documents = pair_up(data_1, data_2)
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
-        toks = self.engine.encode_pairs(queries, documents, instruction, max_length,
-                                        truncation_side=truncation_side or "right",
-                                        chat_template_kwargs=chat_template_kwargs)
+        docs = self.engine.encode_pair_docs(queries, documents, instruction, max_length,
+                                            max_chunks=max_chunks_per_doc,
+                                            overlap=chunk_overlap_tokens,
+                                            truncation_side=truncation_side or "right",
+                                            chat_template_kwargs=chat_template_kwargs)
+        toks = flatten(docs)
         many = sum(len(t) for t in toks) > self.engine.args.max_num_batched_tokens
         scores = self.engine.score_tokens(toks, use_tqdm=use_tqdm and many,
                                           use_activation=use_activation is not False)
         outputs = []
-        for t, s in zip(toks, scores, strict=True):
-            outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s), t.ids))
+        for d, (s, chunk) in zip(docs, best_windows(docs, scores), strict=True):
+            ids = d.pairs[chunk.index if chunk else 0].ids
+            outputs.append(ScoringRequestOutput(str(self._counter), ScoringOutput(s, chunk), ids))
             self._counter += 1
         return outputs
 

@@ -38,13 +38,16 @@ class PromptPair:
     ``doc_body`` is the document body, without the suffix that always follows it. The whole
     prompt is ``query_side + doc_body + suffix``. ``head_chars``: how many leading characters
     of ``query_side`` are the template's head, common to every query (None: up to the
-    ``<Query>`` line, as the built-in template has it).
+    ``<Query>`` line, as the built-in template has it). ``doc_span``: where the client's
+    document text lies in ``doc_body`` (start, end), so a long document can be split into
+    windows; None when unknown (the client formatted the document itself).
     """
 
     query_side: str
     doc_body: str
     suffix: str = SUFFIX
     head_chars: int | None = None
+    doc_span: tuple[int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -108,4 +111,7 @@ def render_pairs(
     if is_preformatted(query, documents):
         return [PromptPair(query, d[: len(d) - len(SUFFIX)]) for d in documents]
     query_side = SYSTEM_PREFIX + render_query_body(query, instruction)
-    return [PromptPair(query_side, DOCUMENT_TEMPLATE.format(doc=d)) for d in documents]
+    label = len(DOCUMENT_TEMPLATE.split("{", 1)[0])
+    return [PromptPair(query_side, DOCUMENT_TEMPLATE.format(doc=d),
+                       doc_span=(label, label + len(d)))
+            for d in documents]

@@ -182,7 +182,8 @@ class JinjaTemplate:
         head_chars = head.rfind("\n") + 1
         if query_side[:head_chars] != head[:head_chars]:
             head_chars = 0
-        return [PromptPair(query_side, lead + d, suffix, head_chars) for d in documents]
+        return [PromptPair(query_side, lead + d, suffix, head_chars,
+                           (len(lead), len(lead) + len(d))) for d in documents]
 
     def __repr__(self) -> str:
         return f"JinjaTemplate({self.name!r})"

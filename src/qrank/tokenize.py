@@ -149,10 +149,15 @@ class RerankTokenizer:
             shared = self.encode_query_side(p.query_side)
             if p.query_side not in heads:
                 heads[p.query_side] = self.head_length(p.query_side, shared, p.head_chars)
-            suffix = None if p.suffix == self.suffix else self.encode_query_side(p.suffix)
-            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side], suffix,
-                                truncation_side))
+            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side],
+                                self.suffix_of(p), truncation_side))
         return out
+
+    def suffix_of(self, pair: PromptPair) -> tuple[int, ...]:
+        """The ids that end ``pair``: the template's suffix, or the pair's own."""
+        if pair.suffix == self.suffix:
+            return self.suffix_ids
+        return self.encode_query_side(pair.suffix)
 
     def fit(
         self, shared: tuple[int, ...], body: list[int], max_length: int, truncate: bool = True,

@@ -23,7 +23,9 @@ from qrank.kernels.build import find_compiler
 from qrank.models.heads import sigmoid_scores
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
+from qrank.prompts import PromptPair
 from qrank.tokenize import PairTokens
+from qrank.windows import DEFAULT_OVERLAP, DocTokens, encode_docs
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +114,27 @@ class Engine:
         to fit ``max_length``. ``chat_template_kwargs`` are variables of a Jinja score
         template (the built-in template reads ``instruction``).
         """
-        limit = min(max_length or self.max_model_len, self.max_model_len)
-        if max_query_tokens is not None and not self._rendered(query, documents):
-            query = self.tokenizer.cut_text(query, max_query_tokens)
-        pairs = self.template.render(query, documents, instruction, chat_template_kwargs)
-        return self.tokenizer.encode_pairs(pairs, limit, truncate, max_doc_tokens,
-                                           truncation_side)
+        pairs = self._render(query, documents, instruction, max_query_tokens,
+                             chat_template_kwargs)
+        return self.tokenizer.encode_pairs(pairs, self._limit(max_length), truncate,
+                                           max_doc_tokens, truncation_side)
 
-    def _rendered(self, query: str, documents: list[str]) -> bool:
-        """True when the client already applied the score template to the inputs."""
-        t = self.template
-        return bool(t.prefix) and query.startswith(t.prefix) and all(
-            d.endswith(t.suffix) for d in documents)
+    def encode_docs(
+        self, query: str, documents: list[str], instruction: str | None = None,
+        max_length: int | None = None, truncate: bool = True, max_doc_tokens: int | None = None,
+        max_chunks: int = 1, overlap: int = DEFAULT_OVERLAP, truncation_side: str = "right",
+        max_query_tokens: int | None = None, chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[DocTokens]:
+        """:meth:`encode`, but with ``max_chunks`` > 1 a document too long to fit is split
+        into windows (:mod:`qrank.windows`)."""
+        if max_chunks == 1:
+            return [DocTokens((p,)) for p in self.encode(
+                query, documents, instruction, max_length, truncate, max_doc_tokens,
+                truncation_side, max_query_tokens, chat_template_kwargs)]
+        pairs = self._render(query, documents, instruction, max_query_tokens,
+                             chat_template_kwargs)
+        return encode_docs(self.tokenizer, pairs, self._limit(max_length), truncate,
+                           max_doc_tokens, max_chunks, overlap, truncation_side)
 
     def encode_pairs(
         self, queries: list[str], documents: list[str], instruction: str | None = None,
@@ -131,15 +142,48 @@ class Engine:
     ) -> list[PairTokens]:
         """Tokenize N:N pairs, grouping equal queries so each is rendered once; ``options``
         as :meth:`encode` takes them."""
+        return self._per_query(self.encode, queries, documents, instruction, max_length,
+                               truncate, **options)
+
+    def encode_pair_docs(
+        self, queries: list[str], documents: list[str], instruction: str | None = None,
+        max_length: int | None = None, truncate: bool = True, **options: Any,
+    ) -> list[DocTokens]:
+        """:meth:`encode_docs` for N:N pairs, grouping equal queries."""
+        return self._per_query(self.encode_docs, queries, documents, instruction, max_length,
+                               truncate, **options)
+
+    @staticmethod
+    def _per_query(encode: Callable[..., list[Any]], queries: list[str], documents: list[str],
+                   *args: Any, **options: Any) -> list[Any]:
+        """``encode(query, its documents, ...)`` once per distinct query, back in pair order."""
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             by_query.setdefault(q, []).append(i)
-        out: list[PairTokens | None] = [None] * len(queries)
+        out: list[Any] = [None] * len(queries)
         for q, idx in by_query.items():
-            for i, toks in zip(idx, self.encode(q, [documents[i] for i in idx], instruction,
-                                                 max_length, truncate, **options), strict=True):
+            for i, toks in zip(idx, encode(q, [documents[i] for i in idx], *args, **options),
+                               strict=True):
                 out[i] = toks
-        return out  # type: ignore[return-value]
+        return out
+
+    def _limit(self, max_length: int | None) -> int:
+        return min(max_length or self.max_model_len, self.max_model_len)
+
+    def _render(self, query: str, documents: list[str], instruction: str | None,
+                max_query_tokens: int | None, chat_template_kwargs: dict[str, Any] | None
+                ) -> list[PromptPair]:
+        """The prompt pairs of one query's documents, the query first cut to
+        ``max_query_tokens`` unless the client already applied the template."""
+        if max_query_tokens is not None and not self._rendered(query, documents):
+            query = self.tokenizer.cut_text(query, max_query_tokens)
+        return self.template.render(query, documents, instruction, chat_template_kwargs)
+
+    def _rendered(self, query: str, documents: list[str]) -> bool:
+        """True when the client already applied the score template to the inputs."""
+        t = self.template
+        return bool(t.prefix) and query.startswith(t.prefix) and all(
+            d.endswith(t.suffix) for d in documents)
 
     # ---- compute ------------------------------------------------------------------------
     def make_scheduler(self) -> Scheduler:

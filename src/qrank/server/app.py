@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from qrank.llm import pair_up
 from qrank.score_template import TemplateError
 from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
 from qrank.server.protocol import (
+    ChunkInfo,
     ErrorResponse,
     FieldError,
     ModelCard,
@@ -51,6 +52,7 @@ from qrank.server.protocol import (
     valid_request_id,
 )
 from qrank.tokenize import InputTooLongError, PairTokens
+from qrank.windows import DEFAULT_OVERLAP, Chunk, DocTokens, best_windows, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,17 @@ class ServerSettings:
     max_docs_per_request: int = 1000
     max_request_bytes: int = 32 * 1024 * 1024
     shutdown_timeout: float = 60.0
+    max_chunks_per_doc: int = 1
+    chunk_overlap_tokens: int = DEFAULT_OVERLAP
+    max_chunks_per_request: int = 4000
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if self.max_chunks_per_doc < 1 or self.max_chunks_per_request < 1:
+            raise ValueError("--max-chunks-per-doc and --max-chunks-per-request must be at "
+                             "least 1")
+        if self.chunk_overlap_tokens < 0:
+            raise ValueError("--chunk-overlap-tokens must not be negative")
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -247,11 +259,14 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     def encode_options(req: RerankRequest | ScoreRequest) -> dict[str, Any]:
         """What both routes tell the tokenizer, from the request's fields."""
+        chunks = req.max_chunks_per_doc or settings.max_chunks_per_doc
+        overlap = req.chunk_overlap_tokens
         return dict(instruction=req.template_instruction(),
                     max_length=max_length(req.truncate_prompt_tokens), truncate=req.truncate,
                     truncation_side=req.truncation_side or "right",
                     max_query_tokens=req.max_tokens_per_query,
-                    chat_template_kwargs=req.chat_template_kwargs)
+                    chat_template_kwargs=req.chat_template_kwargs, max_chunks=chunks,
+                    overlap=settings.chunk_overlap_tokens if overlap is None else overlap)
 
     def request_id(req: VLLMOptions, request: Request, kind: str) -> str:
         """The request's id: its X-Request-Id header, else its request_id, else a new one."""
@@ -264,15 +279,23 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                                REQUEST_ID_HEADER) from exc
         return req.request_id or f"{kind}-{uuid.uuid4().hex}"
 
-    async def tokenize(fn: Callable[..., list[PairTokens]], *args: Any,
-                       salt: str | None = None, **options: Any) -> list[PairTokens]:
+    async def tokenize(fn: Callable[..., list[DocTokens]], *args: Any, salt: str | None = None,
+                       **options: Any) -> tuple[list[DocTokens], list[PairTokens]]:
+        """The documents' pairs (a split document's windows) and all pairs, flat, salted;
+        400 when the windows are more than a request may have."""
         try:
-            pairs = await run_in_threadpool(fn, *args, **options)
+            docs = await run_in_threadpool(fn, *args, **options)
         except InputTooLongError as exc:
             raise APIError(400, str(exc), "documents") from exc
         except TemplateError as exc:  # a score template that refuses the request's variables
             raise APIError(400, str(exc)) from exc
-        return [replace(p, salt=salt) for p in pairs] if salt else pairs
+        pairs = flatten(docs)
+        if len(pairs) > max(settings.max_chunks_per_request, len(docs)):
+            raise APIError(400, f"the documents split into {len(pairs)} windows; this server "
+                                f"scores at most {settings.max_chunks_per_request} in one "
+                                "request: lower max_chunks_per_doc, or send fewer or shorter "
+                                "documents", "max_chunks_per_doc")
+        return docs, [replace(p, salt=salt) for p in pairs] if salt else pairs
 
     async def score(pairs: list[PairTokens], use_activation: bool | None = None
                     ) -> tuple[list[float], int]:
@@ -303,15 +326,18 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         rid = request_id(req, request, "rerank")
         docs = req.document_texts()
         check_count(len(docs), "documents")
-        pairs = await tokenize(core.encode, req.query, docs, max_doc_tokens=req.max_tokens_per_doc,
-                               salt=req.cache_salt, **encode_options(req))
-        scores, cached = await score(pairs, req.use_activation)
-        order = sorted(range(len(docs)), key=lambda i: -scores[i])
+        windows, pairs = await tokenize(core.encode_docs, req.query, docs,
+                                        max_doc_tokens=req.max_tokens_per_doc,
+                                        salt=req.cache_salt, **encode_options(req))
+        pair_scores, cached = await score(pairs, req.use_activation)
+        best = best_windows(windows, pair_scores)
+        order = sorted(range(len(docs)), key=lambda i: -best[i][0])
         if req.top_n:
             order = order[: req.top_n]
         results = [
-            RerankResult(index=i, relevance_score=scores[i],
-                         document=RerankDocument(text=docs[i]) if req.return_documents else None)
+            RerankResult(index=i, relevance_score=best[i][0],
+                         document=RerankDocument(text=docs[i]) if req.return_documents else None,
+                         chunk=chunk_info(best[i][1]))
             for i in order
         ]
         tokens = sum(len(p) for p in pairs)
@@ -340,14 +366,16 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                                 f"{1 if isinstance(side_2, str) else len(side_2)}",
                            name_2) from exc
         check_count(len(docs), "pairs")
-        pairs = await tokenize(core.encode_pairs, queries, docs, salt=req.cache_salt,
-                               **encode_options(req))
-        scores, cached = await score(pairs, req.use_activation)
+        windows, pairs = await tokenize(core.encode_pair_docs, queries, docs,
+                                        salt=req.cache_salt, **encode_options(req))
+        pair_scores, cached = await score(pairs, req.use_activation)
+        best = best_windows(windows, pair_scores)
         tokens = sum(len(p) for p in pairs)
         response.headers[REQUEST_ID_HEADER] = rid
         return ScoreResponse(
             id=rid, model=req.model or display_name,
-            data=[ScoreData(index=i, score=s) for i, s in enumerate(scores)],
+            data=[ScoreData(index=i, score=s, chunk=chunk_info(c))
+                  for i, (s, c) in enumerate(best)],
             usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, cached_pairs=cached),
         )
 
@@ -376,6 +404,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     return app
 
 
+def chunk_info(chunk: Chunk | None) -> ChunkInfo | None:
+    return None if chunk is None else ChunkInfo(**asdict(chunk))
+
+
 def run_server(ns: argparse.Namespace) -> int:
     """``qrank serve``: load the model once, then serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -384,14 +416,17 @@ def run_server(ns: argparse.Namespace) -> int:
     from qrank.engine.engine import Engine
 
     args = engine_args_from_namespace(ns)
-    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
     settings = ServerSettings(
         served_model_names=ns.served_model_name or [ns.model],
         api_key=ns.api_key or None,
         max_docs_per_request=ns.max_docs_per_request,
         max_request_bytes=ns.max_request_bytes,
         shutdown_timeout=ns.shutdown_timeout,
-    )
+        max_chunks_per_doc=ns.max_chunks_per_doc,
+        chunk_overlap_tokens=ns.chunk_overlap_tokens,
+        max_chunks_per_request=ns.max_chunks_per_request,
+    )  # checked before the model loads
+    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
     app = create_app(engine, settings)
     logger.info("listening on http://%s:%d (auth %s)", ns.host, ns.port,
                 "on" if settings.api_key else "off")

@@ -29,6 +29,15 @@ def add_server_arguments(parser: argparse.ArgumentParser,
     g.add_argument("--score-cache-entries", type=int, default=1_000_000,
                    help="scores of repeated pairs (same token ids and cache_salt) kept and "
                         "answered without computing them: 1,000,000 take 64 MiB (0: off)")
+    g.add_argument("--max-chunks-per-doc", type=int, default=1,
+                   help="split a document too long to fit into at most this many windows and "
+                        "score its best (1: truncate it; requests may set max_chunks_per_doc)")
+    g.add_argument("--chunk-overlap-tokens", type=int, default=64,
+                   help="tokens consecutive windows share (requests may set "
+                        "chunk_overlap_tokens)")
+    g.add_argument("--max-chunks-per-request", type=int, default=4000,
+                   help="most windows (a document not split counts one) in one request; over "
+                        "it the request gets 400")
     g.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's own log level")
     g.add_argument("--shutdown-timeout", type=float, default=60.0,
                    help="seconds to finish in-flight requests after SIGTERM")

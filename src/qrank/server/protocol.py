@@ -6,7 +6,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 def no_lone_surrogates(value: str) -> str:
@@ -100,6 +108,13 @@ class TextDocument(BaseModel):
     text: Text
 
 
+MAX_CHUNKS_HELP = (
+    "split a document too long to fit into at most this many windows and score it by its "
+    "best window (Cohere v1's field; default: the server's --max-chunks-per-doc; 1: truncate)")
+OVERLAP_HELP = ("tokens consecutive windows of a split document share (default: the server's "
+                "--chunk-overlap-tokens)")
+
+
 class RerankRequest(VLLMOptions):
     """POST /rerank, /v1/rerank, /v2/rerank."""
 
@@ -133,6 +148,10 @@ class RerankRequest(VLLMOptions):
         None, description="pairs with different salts never share cached scores (vLLM's "
                           "field; a tenant's own salt keeps its requests apart)"
     )
+    max_chunks_per_doc: int | None = Field(
+        None, ge=1, description=MAX_CHUNKS_HELP)
+    chunk_overlap_tokens: int | None = Field(
+        None, ge=0, description=OVERLAP_HELP)
 
     def document_texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -167,6 +186,8 @@ class ScoreRequest(VLLMOptions):
         None, description="pairs with different salts never share cached scores (vLLM's "
                           "field; a tenant's own salt keeps its requests apart)"
     )
+    max_chunks_per_doc: int | None = Field(None, ge=1, description=MAX_CHUNKS_HELP)
+    chunk_overlap_tokens: int | None = Field(None, ge=0, description=OVERLAP_HELP)
 
     def sides(self) -> tuple[tuple[str, str | list[str]], tuple[str, str | list[str]]]:
         """``(name, value)`` of the query side and of the document side, as the client named
@@ -205,10 +226,33 @@ class RerankDocument(BaseModel):
     multi_modal: Any | None = None
 
 
-class RerankResult(BaseModel):
+class ChunkInfo(BaseModel):
+    """The best window of a document split into windows: ``document[start:end]`` (character
+    offsets into the document as sent), its index among the document's windows, its score."""
+
+    index: int
+    start: int
+    end: int
+    relevance_score: float
+
+
+class WithChunk(BaseModel):
+    """A result whose ``chunk`` is written only for a document split into windows."""
+
+    # no return annotation: the response schema stays the model's own
+    @model_serializer(mode="wrap")
+    def _drop_missing_chunk(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        if data.get("chunk", 0) is None:
+            del data["chunk"]
+        return data
+
+
+class RerankResult(WithChunk):
     index: int
     document: RerankDocument | None = None
     relevance_score: float
+    chunk: ChunkInfo | None = None
 
 
 class RerankResponse(BaseModel):
@@ -218,10 +262,11 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
 
 
-class ScoreData(BaseModel):
+class ScoreData(WithChunk):
     index: int
     object: Literal["score"] = "score"
     score: float
+    chunk: ChunkInfo | None = None
 
 
 class ScoreResponse(BaseModel):
