@@ -64,6 +64,12 @@ class RerankRequest(BaseModel):
                           "field; a tenant's own salt keeps its requests apart)"
     )
 
+    priority: int = Field(
+        0, description="the request's priority (lower means earlier handling; default: 0) "
+                       "under --scheduling-policy priority; any other value is refused by a "
+                       "server that does not schedule by priority (vLLM's field)"
+    )
+
     def document_texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
@@ -87,6 +93,12 @@ class ScoreRequest(BaseModel):
     cache_salt: Text | None = Field(
         None, description="pairs with different salts never share cached scores (vLLM's "
                           "field; a tenant's own salt keeps its requests apart)"
+    )
+
+    priority: int = Field(
+        0, description="the request's priority (lower means earlier handling; default: 0) "
+                       "under --scheduling-policy priority; any other value is refused by a "
+                       "server that does not schedule by priority (vLLM's field)"
     )
 
     @model_validator(mode="after")
@@ -180,8 +192,10 @@ ERROR_TYPES = {
     415: "UnsupportedMediaTypeError",
     422: "BadRequestError",
     429: "RateLimitError",
+    499: "ClientClosedRequest",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
 }
 
 
