@@ -14,16 +14,17 @@ Which request's pair goes next is the policy (``--scheduling-policy``):
     first come, first served: a request's pairs all go before the next request's.
 ``fair`` (the server's default)
     start-time fair queuing by tokens, the token-exact form of deficit round-robin. Each
-    waiting request carries a virtual clock, its *tag*: the tokens it has been served since it
-    arrived, counted from the virtual time it arrived at. The next pair always comes from the
-    request with the smallest tag (the earlier arrival on a tie), and taking it advances that
-    tag by the tokens the pair costs the batch. A request that arrives starts at the current
-    virtual time (the tag of the last pair taken), so it neither owes for nor is credited with
-    service before it came: with ``k`` requests waiting each gets about ``1/k`` of every batch,
-    and a small request that arrives behind a large one finishes within about one batch of
-    ``k × its size``, whatever is queued. Deficit round-robin gives each request a quantum
-    per round; this is the limit of a quantum of one token, so no request ever runs ahead of
-    another by more than one pair.
+    waiting request carries a virtual clock, its *tag*: the tokens it has been served, counted
+    from where it started. The next pair always comes from the request with the smallest tag
+    (the earlier arrival on a tie), and taking it advances that tag by the tokens the pair
+    costs the batch. The virtual time is the largest tag a pair was taken at. A request that
+    arrives starts one batch budget (``max_num_batched_tokens``) before it: it may take up to
+    one whole batch before it shares, and then shares equally with every request waiting, so
+    it is never owed more than that for the time before it came. A request that fits in a
+    batch is so done in the next batch, whatever is queued ahead of it; requests that stay
+    share each batch by tokens, about ``1/k`` each when ``k`` wait. In deficit round-robin
+    terms: a quantum of one token a round, and a newcomer's deficit counter starts at one
+    batch; no request that has had its start runs ahead of another by more than one pair.
 ``priority``
     vLLM's: the lowest ``priority`` value first; requests of equal priority share as ``fair``
     (each priority level keeps its own virtual time).
@@ -129,7 +130,8 @@ class Scheduler:
         self._heap: list[tuple[tuple, int, Hashable]] = []  # (order, push count, request)
         self._pushes = itertools.count()
         self._arrivals = itertools.count()
-        self._vtime: dict[int, int] = {}  # per priority level: the tag of the last pair taken
+        self._vtime: dict[int, int] = {}  # per priority level: the largest tag a pair was taken at
+        self._credit = max_num_batched_tokens  # what a newcomer may take before it shares
         self._num_pending = 0
 
     def __len__(self) -> int:
@@ -153,7 +155,7 @@ class Scheduler:
         if waiting is None:
             level = priority if self.policy == "priority" else 0
             waiting = self._waiting[request] = _Waiting(
-                request, level, next(self._arrivals), self._vtime.get(level, 0))
+                request, level, next(self._arrivals), self._vtime.get(level, 0) - self._credit)
             self._push(waiting)
         for item in items:
             shared = item.tokens.shared
@@ -252,7 +254,7 @@ class Scheduler:
             del w.groups[key]
         w.count -= 1
         if self.policy != "fcfs":
-            self._vtime[w.priority] = w.tag
+            self._vtime[w.priority] = max(self._vtime.get(w.priority, w.tag), w.tag)
             w.tag += cost
         if not w.count:
             heapq.heappop(self._heap)
