@@ -21,7 +21,7 @@ import pytest
 from serving import ServerProcess, free_port
 
 BUDGET = "256"
-SERVER_TIMEOUT = 3.0
+SERVER_TIMEOUT = 2.0
 
 
 def metrics(client) -> dict[str, float]:
