@@ -1,8 +1,10 @@
-"""The random-rerank dataset: vLLM's lengths, one shared query, batches, reproducibility."""
+"""The random-rerank dataset (vLLM's lengths, one shared query, batches, reproducibility) and
+the custom-rerank replay of a JSONL file."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import pytest
@@ -109,3 +111,75 @@ def test_sample_from_the_cli_flags(tokenizer):
     assert requests == RandomRerankDataset(tokenizer, seed=5).sample(
         6, input_len=40, range_ratio=0.25, batch_size=2)
     assert [len(r.documents) for r in requests] == [2, 2, 2]
+
+
+def test_document_counts_drawn_from_a_range(tokenizer):
+    from qrank.cli import build_parser
+
+    ns = build_parser().parse_args(["bench", "serve", "--model", "m", "--random-input", "32",
+                                    "--num-prompts", "200", "--random-batch-size", "3:40"])
+    assert ns.random_batch_size == (3, 40)
+    requests = sample_from_namespace(ns, tokenizer)
+    counts = [len(r.documents) for r in requests]
+    assert sum(counts) == 200
+    assert all(3 <= n <= 40 for n in counts[:-1]) and 1 <= counts[-1] <= 40
+    assert len(set(counts)) > 3  # drawn, not fixed
+    # the texts are those of fixed-size requests: the counts are drawn after them
+    fixed = RandomRerankDataset(tokenizer, seed=0).sample(200, input_len=32, batch_size=200)
+    assert [d for r in requests for d in r.documents] == fixed[0].documents
+
+
+@pytest.mark.parametrize("value", ["0", "5:2", "a:b", "3:", ":4"])
+def test_bad_batch_sizes_are_refused(value, capsys):
+    from qrank.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "serve", "--model", "m",
+                                   "--random-batch-size", value])
+    assert "--random-batch-size" in capsys.readouterr().err
+
+
+def test_custom_rerank_replays_a_jsonl_file(tokenizer, tmp_path):
+    from qrank.cli import build_parser
+
+    path = tmp_path / "mix.jsonl"
+    lines = [{"query": "what is a cat", "documents": ["a cat is an animal", "a car"]},
+             {"query": "bulk", "documents": [{"text": f"doc {i}"} for i in range(50)],
+              "note": "other keys are ignored"},
+             {"query": "third", "documents": ["x"]}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    ns = build_parser().parse_args(["bench", "serve", "--model", "m", "--dataset-name",
+                                    "custom-rerank", "--dataset-path", str(path),
+                                    "--num-prompts", "2"])
+    requests = sample_from_namespace(ns, tokenizer)
+    assert [r.query for r in requests] == ["what is a cat", "bulk"]
+    assert requests[1].documents == [f"doc {i}" for i in range(50)]
+    q = n_tokens(tokenizer, "what is a cat")
+    assert requests[0].prompt_len == 2 * (q + 1) + n_tokens(tokenizer, "a cat is an animal") \
+        + n_tokens(tokenizer, "a car")
+    ns.num_prompts = 10  # more than the file holds: all of it
+    assert len(sample_from_namespace(ns, tokenizer)) == 3
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", "not JSON"),
+    ('{"documents": ["a"]}', "expected"),
+    ('{"query": "q", "documents": []}', "non-empty"),
+    ('{"query": "q", "documents": [1]}', "string"),
+])
+def test_custom_rerank_names_the_bad_line(tokenizer, tmp_path, line, message):
+    from qrank.bench.datasets import load_custom_rerank
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"query": "q", "documents": ["d"]}\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{message}"):
+        load_custom_rerank(path, tokenizer)
+
+
+def test_custom_rerank_needs_a_path(tokenizer):
+    from qrank.cli import build_parser
+
+    ns = build_parser().parse_args(["bench", "serve", "--model", "m", "--dataset-name",
+                                    "custom-rerank"])
+    with pytest.raises(ValueError, match="--dataset-path"):
+        sample_from_namespace(ns, tokenizer)

@@ -170,3 +170,27 @@ def test_nothing_listening(tiny_model, tokenizer_dir):
     waited = qrank(*base, "--ready-check-timeout-sec", "1")
     assert waited.returncode == 1 and "Initial test run failed" in waited.stderr
     assert time.monotonic() - started < 30
+
+
+def test_custom_rerank_with_goodput_against_qrank_serve(server, tiny_model, tokenizer_dir,
+                                                        tmp_path, capsys):
+    from qrank.bench.serve import main
+    from qrank.cli import build_parser
+
+    path = tmp_path / "mix.jsonl"
+    mix = [{"query": f"question {i}", "documents": [f"answer {i}-{j}" for j in range(n)]}
+           for i, n in enumerate([3, 40, 3, 3, 40, 3])]
+    path.write_text("".join(json.dumps(x) + "\n" for x in mix))
+    ns = build_parser().parse_args([
+        "bench", "serve", "--model", str(tiny_model), "--tokenizer", str(tokenizer_dir),
+        "--port", str(server), "--dataset-name", "custom-rerank", "--dataset-path", str(path),
+        "--goodput", "e2el:60000", "--max-concurrency", "2", "--disable-tqdm",
+        "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"])
+    assert main(ns) == 0
+    r = rows(result_block(capsys.readouterr().out))
+    assert (r["Successful requests:"], r["Failed requests:"]) == ("6", "0")
+    assert r["Requests within the SLO (%):"] == "100.00"
+    assert r["Request goodput (req/s):"] == r["Request throughput (req/s):"]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["slo_attainment"] == 1.0 and result["goodput_slo_ms"] == {"e2el": 60000.0}
+    assert result["request_goodput"] == result["request_throughput"]

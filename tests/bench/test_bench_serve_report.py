@@ -139,7 +139,8 @@ def test_result_json_keys_and_detailed_lists():
     assert list(plain) == [
         "date", "endpoint_type", "backend", "model_id", "tokenizer_id", "num_prompts", "gpu",
         "run", "request_rate", "burstiness", "max_concurrency", "duration", "completed",
-        "failed", "total_input_tokens", "request_throughput", "total_token_throughput",
+        "failed", "total_input_tokens", "request_throughput", "request_goodput",
+        "total_token_throughput",
         "mean_e2el_ms", "median_e2el_ms", "std_e2el_ms", "p99_e2el_ms"]
     assert plain["request_rate"] == "inf" and plain["tokenizer_id"] == "org/My-Model"
     detailed = build_result(parse_args("--save-detailed", "--tokenizer", "tok"), m,
@@ -177,3 +178,44 @@ def test_http_errors_keep_the_servers_message():
     assert describe_http_error(502, "Bad Gateway", b"upstream down") == \
         "502 Bad Gateway: upstream down"
     assert describe_http_error(500, "Internal Server Error", b"") == "500 Internal Server Error"
+
+
+# ---- --goodput ----------------------------------------------------------------------------
+def test_goodput_counts_successes_within_the_slo():
+    m = calculate_metrics(outputs_mixed(), duration=2.0, percentiles=[99],
+                          goodput={"e2el": 250.0})
+    # 0.1 s and 0.2 s meet 250 ms; 0.3 s, 0.4 s and the failure do not
+    assert m.request_goodput == pytest.approx(1.0)
+    assert m.slo_attainment == pytest.approx(2 / 5)
+    plain = calculate_metrics(outputs_mixed(), duration=2.0, percentiles=[99])
+    assert plain.request_goodput is None and plain.slo_attainment is None
+
+
+def test_goodput_lines_follow_the_request_throughput_as_vllm_prints_them():
+    m = calculate_metrics(outputs_mixed(), 2.0, [99], goodput={"e2el": 250.0})
+    lines = report_lines(m, None, float("inf"), ["e2el"])
+    labels = [LABEL.match(x).group(1) for x in lines if LABEL.match(x)]
+    i = labels.index("Request throughput (req/s):")
+    assert labels[i + 1:i + 4] == ["Request goodput (req/s):", "Requests within the SLO (%):",
+                                   "Total Token throughput (tok/s):"]
+    assert "Requests within the SLO (%):             40.00     " in lines
+    ns = parse_args("--goodput", "e2el:250")
+    assert ns.goodput == [("e2el", 250.0)]
+    result = build_result(ns, m, outputs_mixed(), ["e2el"], "D")
+    assert result["request_goodput"] == pytest.approx(1.0)
+    assert result["goodput_slo_ms"] == {"e2el": 250.0}
+    assert result["slo_attainment"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("value", ["e2el", "e2el:-1", "e2el:fast", "latency:100"])
+def test_bad_goodput_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args("--goodput", value)
+    assert "--goodput" in capsys.readouterr().err
+
+
+def test_goodput_of_a_streamed_metric_does_not_apply_to_rerank():
+    from qrank.bench.serve import check_arguments
+
+    with pytest.raises(ValueError, match="e2el:MS only"):
+        check_arguments(parse_args("--goodput", "ttft:100"))

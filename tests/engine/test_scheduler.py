@@ -97,3 +97,138 @@ def test_salts_keep_prefixes_apart_in_batches_and_in_the_cache():
     s.add([WorkItem(PairTokens((1, 2, 3, q), (9,), 3, salt), q) for q, salt in
            enumerate(["x", "y", "x"])])
     assert s.next_batch().num_tokens == (3 + 1 + 1) + (3 + 1 + 1) + (1 + 1)
+
+
+# ---- policies: fair, fcfs, priority ------------------------------------------------------
+def request(name, n, own_len=20, q=None, shared_len=10):
+    """``n`` pairs of one request; all under one query side (``q``, default: its own)."""
+    q = hash(name) % 1000 if q is None else q
+    return [item(shared_len, own_len, (name, i), q=q) for i in range(n)]
+
+
+def drain(s):
+    """The batches left, each as the list of request names of its pairs, in order taken."""
+    out = []
+    while (b := s.next_batch()) is not None:
+        assert b.num_tokens <= s.max_tokens
+        out.append([k[0] for g in b.groups for k in (it.key for it in g.items)])
+    return out
+
+
+def finished_at(batches, name):
+    return max(i for i, names in enumerate(batches) if name in names)
+
+
+def test_fair_lets_a_small_request_pass_a_large_one_queued_ahead():
+    s = Scheduler(max_num_batched_tokens=200, policy="fair")
+    s.add(request("big", 100), request="big")
+    s.next_batch()  # big alone for a batch
+    s.add(request("small", 3), request="small")
+    batches = drain(s)
+    assert finished_at(batches, "small") == 0  # the very next batch
+    assert finished_at(batches, "big") > 5
+
+
+def test_fcfs_serves_the_large_request_first():
+    s = Scheduler(max_num_batched_tokens=200, policy="fcfs")
+    s.add(request("big", 100), request="big")
+    s.next_batch()
+    s.add(request("small", 3), request="small")
+    batches = drain(s)
+    assert finished_at(batches, "small") >= finished_at(batches, "big")
+
+
+def test_fair_shares_each_batch_by_tokens():
+    s = Scheduler(max_num_batched_tokens=400, policy="fair")
+    s.add(request("long", 50, own_len=40), request="long")
+    s.add(request("short", 50, own_len=10), request="short")
+    b = s.next_batch()
+    spent = {"long": 0, "short": 0}
+    for g in b.groups:
+        for it in g.items:
+            spent[it.key[0]] += len(it.tokens.own)
+        spent[g.items[0].key[0]] += len(g.shared)  # each group pays its query side once
+    # tokens, not pairs, are shared: within one pair (40 tokens) of each other
+    assert abs(spent["long"] - spent["short"]) <= 40 + 10
+    assert b.num_tokens == sum(spent.values())
+
+
+def test_a_newcomer_takes_at_most_one_batch_before_it_shares():
+    s = Scheduler(max_num_batched_tokens=200, policy="fair")
+    s.add(request("a", 200), request="a")
+    for _ in range(5):
+        s.next_batch()
+    s.add(request("b", 200), request="b")
+    batches = drain(s)
+    assert set(batches[0]) == {"b"}  # its first batch: all its own
+    for names in batches[1:10]:  # then the two share, pair for pair
+        assert abs(names.count("a") - names.count("b")) <= 1
+
+
+def test_virtual_time_never_runs_back():
+    s = Scheduler(max_num_batched_tokens=200, policy="fair")
+    s.add(request("a", 100), request="a")
+    s.next_batch()
+    s.add(request("b", 100), request="b")
+    s.next_batch()  # b catches up on its credit
+    s.add(request("c", 100), request="c")  # starts one batch behind a and b, not behind b's start
+    batches = drain(s)
+    assert set(batches[0]) == {"c"}
+    assert all({"a", "b", "c"} <= set(names) for names in batches[1:5])
+
+
+def test_pairs_of_one_query_share_a_group_under_fair():
+    s = Scheduler(max_num_batched_tokens=1000, policy="fair")
+    s.add(request("r1", 3, q=7), request="r1")
+    s.add(request("r2", 3, q=7), request="r2")
+    b = s.next_batch()
+    assert len(b.groups) == 1 and b.num_pairs == 6
+    assert b.num_tokens == 10 + 6 * 20  # the shared query side counted once
+
+
+def test_a_request_takes_its_pairs_query_by_query():
+    s = Scheduler(max_num_batched_tokens=10_000, policy="fair")
+    s.add([item(10, 20, ("r", i), q=i % 2) for i in range(6)], request="r")
+    b = s.next_batch()
+    assert [len(g.items) for g in b.groups] == [3, 3]
+
+
+def test_priority_serves_the_lowest_value_first_and_ties_fairly():
+    s = Scheduler(max_num_batched_tokens=200, policy="priority")
+    s.add(request("later", 20), request="later", priority=5)
+    s.add(request("first", 20), request="first", priority=-1)
+    s.add(request("tie", 20), request="tie", priority=5)
+    batches = drain(s)
+    others = min(i for i, b in enumerate(batches) if "later" in b or "tie" in b)
+    assert finished_at(batches, "first") <= others
+    # equal priority: "later" and "tie" share the batches rather than one after the other
+    assert abs(finished_at(batches, "later") - finished_at(batches, "tie")) <= 1
+    assert all(abs(b.count("later") - b.count("tie")) <= 1 for b in batches[others + 1:])
+
+
+def test_priority_is_ignored_by_fair():
+    s = Scheduler(max_num_batched_tokens=200, policy="fair")
+    s.add(request("a", 20), request="a", priority=9)
+    s.add(request("b", 20), request="b", priority=-9)
+    first = s.next_batch().keys
+    assert {k[0] for k in first} == {"a", "b"}
+
+
+def test_remove_drops_a_requests_waiting_pairs():
+    s = Scheduler(max_num_batched_tokens=200, policy="fair")
+    s.add(request("gone", 50), request="gone")
+    s.add(request("kept", 5), request="kept")
+    first = s.next_batch()
+    assert s.num_requests == 2
+    assert s.remove("gone") == 50 - sum(k[0] == "gone" for k in first.keys)
+    assert s.remove("gone") == 0
+    assert s.num_requests == 1
+    assert all(set(b) == {"kept"} for b in drain(s))
+    assert len(s) == 0 and s.num_requests == 0
+
+
+def test_unknown_policy_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="scheduling policy"):
+        Scheduler(100, policy="lifo")

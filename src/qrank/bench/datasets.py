@@ -1,11 +1,18 @@
-"""The random-rerank workload, built as ``vllm bench`` builds its ``random-rerank`` dataset.
+"""The workloads of ``qrank bench``: random-rerank, built as ``vllm bench`` builds its
+``random-rerank`` dataset, and custom-rerank, requests replayed from a JSONL file.
 
 One query is shared by every request. For ``--random-input-len L`` and ``--random-range-ratio r``
 the query has about ``L // 2 - 1`` tokens and each document ``L - query_len - 1`` tokens (one
 token is kept for the separator between the two), each length drawn uniformly from
 ``[floor(n (1 - r)), ceil(n (1 + r))]``. The text is made of runs of non-special token ids
 decoded with the model's tokenizer, re-encoded and trimmed until it encodes to the drawn length.
-``--num-prompts`` counts documents; ``--random-batch-size`` of them go into one request.
+``--num-prompts`` counts documents; ``--random-batch-size`` of them go into one request. A range
+``MIN:MAX`` draws each request's count uniformly in it, after the texts (so they stay vLLM's),
+the last request taking what is left.
+
+custom-rerank (``--dataset-path FILE``) reads one request a line, ``{"query": "...",
+"documents": ["...", ...]}`` (documents as strings or ``{"text": ...}``; other keys are
+ignored), and sends the first ``--num-prompts`` lines in their order.
 
 The random draws follow vLLM's order from one ``numpy.random.default_rng(seed)``, so the same
 seed and tokenizer give the same texts as ``vllm bench serve --dataset-name random-rerank``.
@@ -14,6 +21,7 @@ seed and tokenizer give the same texts as ``vllm bench serve --dataset-name rand
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -112,11 +120,13 @@ class RandomRerankDataset:
         num_prompts: int,
         input_len: int = 1024,
         range_ratio: float = 0.0,
-        batch_size: int = 1,
+        batch_size: int | tuple[int, int] = 1,
         request_id_prefix: str = "",
     ) -> list[RerankRequest]:
-        """``num_prompts`` documents for one shared query, ``batch_size`` per request."""
-        if num_prompts < 1 or batch_size < 1:
+        """``num_prompts`` documents for one shared query, ``batch_size`` per request (or a
+        count drawn in ``(min, max)`` for each request)."""
+        low, high = batch_size if isinstance(batch_size, tuple) else (batch_size, batch_size)
+        if num_prompts < 1 or not 1 <= low <= high:
             raise ValueError("--num-prompts and --random-batch-size must be positive")
         if input_len // 2 - SEP_TOKENS < 1:
             raise ValueError(f"--random-input-len {input_len} is too small for a query and a "
@@ -136,9 +146,12 @@ class RandomRerankDataset:
             logger.warning("the random texts have %d %s tokens than drawn in all (decoding and "
                            "re-encoding does not always round-trip)", abs(self.mismatch),
                            "more" if self.mismatch > 0 else "fewer")
-        return [self._request(query, query_tokens, docs[i:i + batch_size],
-                              f"{request_id_prefix}{i // batch_size}")
-                for i in range(0, num_prompts, batch_size)]
+        starts = [0]
+        while starts[-1] < num_prompts:
+            starts.append(starts[-1] + int(self.rng.integers(low, high + 1)) if high > low
+                          else starts[-1] + low)
+        return [self._request(query, query_tokens, docs[a:b], f"{request_id_prefix}{n}")
+                for n, (a, b) in enumerate(zip(starts, starts[1:], strict=False))]
 
     @staticmethod
     def _request(query: str, query_tokens: int, docs: list[tuple[str, int]],
@@ -147,10 +160,58 @@ class RandomRerankDataset:
         return RerankRequest(query, [text for text, _ in docs], prompt_len, request_id)
 
 
+def load_custom_rerank(path: str | Path, tokenizer: Tokenizer,
+                       num_requests: int | None = None) -> list[RerankRequest]:
+    """The first ``num_requests`` requests of a JSONL file (all when None), one a line:
+    ``{"query": str, "documents": [str | {"text": str}, ...]}``; blank lines are skipped.
+    ``prompt_len`` counts as random-rerank's does, with this tokenizer."""
+    requests: list[RerankRequest] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if num_requests is not None and len(requests) >= num_requests:
+                break
+            if not line.strip():
+                continue
+            query, documents = _parse_line(line, f"{path}:{number}")
+            ids = tokenizer.encode_batch([query, *documents], add_special_tokens=False)
+            query_tokens = len(ids[0].ids)
+            prompt_len = (query_tokens + SEP_TOKENS) * len(documents) + sum(
+                len(e.ids) for e in ids[1:])
+            requests.append(RerankRequest(query, documents, prompt_len, str(len(requests))))
+    if not requests:
+        raise ValueError(f"{path} holds no request")
+    if num_requests is not None and len(requests) < num_requests:
+        logger.warning("%s holds %d requests, fewer than --num-prompts %d: sending them all",
+                       path, len(requests), num_requests)
+    return requests
+
+
+def _parse_line(line: str, where: str) -> tuple[str, list[str]]:
+    """``(query, documents)`` of one JSONL line; ValueError naming ``where`` otherwise."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
+        raise ValueError(f'{where}: expected {{"query": "...", "documents": [...]}}')
+    docs = data.get("documents")
+    if not isinstance(docs, list) or not docs:
+        raise ValueError(f"{where}: 'documents' must be a non-empty list")
+    texts = [d.get("text") if isinstance(d, dict) else d for d in docs]
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{where}: each document must be a string or {{\"text\": \"...\"}}")
+    return data["query"], texts
+
+
 def sample_from_namespace(ns: argparse.Namespace, tokenizer: Tokenizer) -> list[RerankRequest]:
     """The requests that the dataset flags of ``qrank bench`` ask for."""
+    if ns.dataset_name == "custom-rerank":
+        if not getattr(ns, "dataset_path", None):
+            raise ValueError("--dataset-name custom-rerank reads --dataset-path FILE (JSONL)")
+        return load_custom_rerank(ns.dataset_path, tokenizer, ns.num_prompts)
     if ns.dataset_name != "random-rerank":
-        raise ValueError(f"unknown dataset {ns.dataset_name!r}; only random-rerank is built in")
+        raise ValueError(f"unknown dataset {ns.dataset_name!r}; random-rerank and "
+                         "custom-rerank are built in")
     dataset = RandomRerankDataset(tokenizer, seed=ns.seed)
     return dataset.sample(ns.num_prompts, input_len=ns.random_input_len,
                           range_ratio=ns.random_range_ratio, batch_size=ns.random_batch_size)

@@ -4,18 +4,53 @@ from __future__ import annotations
 
 import argparse
 
+DATASETS = ("random-rerank", "custom-rerank")
+
+
+def batch_size_range(text: str) -> int | tuple[int, int]:
+    """``N`` documents per request, or ``MIN:MAX``: each request's count drawn in the range."""
+    low, sep, high = text.partition(":")
+    try:
+        lo, hi = int(low), int(high if sep else low)
+    except ValueError:
+        lo = hi = 0
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"must be N or MIN:MAX with 1 <= MIN <= MAX, not "
+                                         f"{text!r}")
+    return lo if lo == hi and not sep else (lo, hi)
+
+
+def goodput_slo(text: str) -> tuple[str, float]:
+    """``e2el:MS`` of --goodput (vLLM's KEY:VALUE, milliseconds)."""
+    name, sep, value = text.partition(":")
+    try:
+        ms = float(value) if sep else -1.0
+    except ValueError:
+        ms = -1.0
+    if name not in ("ttft", "tpot", "e2el") or not ms >= 0:
+        raise argparse.ArgumentTypeError(f"must be KEY:MS with KEY ttft, tpot or e2el and MS a "
+                                         f"non-negative number of milliseconds, not {text!r}")
+    return name, ms
+
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset-name", default="random-rerank", choices=["random-rerank"],
-                   help="the dataset; random-rerank builds vLLM's random rerank workload")
-    g.add_argument("--num-prompts", type=int, default=1000, help="requests to send")
+    g.add_argument("--dataset-name", default="random-rerank", choices=DATASETS,
+                   help="the dataset; random-rerank builds vLLM's random rerank workload; "
+                        "custom-rerank replays the requests of --dataset-path")
+    g.add_argument("--dataset-path", default=None,
+                   help="custom-rerank: a JSONL file, one request a line: "
+                        '{"query": "...", "documents": ["...", ...]}')
+    g.add_argument("--num-prompts", type=int, default=1000,
+                   help="random-rerank: documents to draw; custom-rerank: requests (lines) "
+                        "to send, at most the file's")
     g.add_argument("--random-input-len", "--random-input", dest="random_input_len", type=int,
                    default=1024, help="tokens of query + document of each pair")
     g.add_argument("--random-range-ratio", type=float, default=0.0,
                    help="document lengths are drawn in [L(1-r), L(1+r)]")
-    g.add_argument("--random-batch-size", type=int, default=1,
-                   help="documents per rerank request")
+    g.add_argument("--random-batch-size", type=batch_size_range, default=1, metavar="N|MIN:MAX",
+                   help="documents per rerank request; MIN:MAX draws each request's count "
+                        "uniformly in the range (a mix of small and large requests)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random dataset")
 
 
@@ -51,6 +86,11 @@ def add_bench_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name of the result JSON (default: from backend, rate, model and "
                              "time, as vLLM names it)")
     parser.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE")
+    parser.add_argument("--goodput", nargs="+", type=goodput_slo, default=None,
+                        metavar="KEY:MS",
+                        help="service level objective, vLLM's: e2el:MS counts the requests "
+                             "answered within MS milliseconds; reports their share and the "
+                             "goodput (such requests per second)")
     parser.add_argument("--percentile-metrics", default="e2el",
                         help="comma-separated metrics to report percentiles of (e2el)")
     parser.add_argument("--metric-percentiles", default="99",

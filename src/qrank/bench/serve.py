@@ -77,6 +77,8 @@ class ServeMetrics:
     median_e2el_ms: float
     std_e2el_ms: float
     percentiles_e2el_ms: list[tuple[float, float]]
+    request_goodput: float | None = None  # requests/s within the --goodput SLO
+    slo_attainment: float | None = None  # their share of all requests sent
 
 
 # ---- request -----------------------------------------------------------------------------
@@ -262,11 +264,22 @@ async def run_requests(client: httpx.AsyncClient, target: Target, requests: list
 
 # ---- report ------------------------------------------------------------------------------
 def calculate_metrics(outputs: list[RequestOutput], duration: float,
-                      percentiles: list[float]) -> ServeMetrics:
-    """vLLM's pooling metrics: counts, token totals and E2EL statistics of the successes."""
+                      percentiles: list[float],
+                      goodput: dict[str, float] | None = None) -> ServeMetrics:
+    """vLLM's pooling metrics: counts, token totals and E2EL statistics of the successes.
+
+    With ``goodput`` (``{"e2el": ms}``, vLLM's --goodput) a request is good when it succeeded
+    within the SLO; ``request_goodput`` counts good requests per second and ``slo_attainment``
+    is their share of all requests, failed ones included.
+    """
     ok = [o for o in outputs if o.success]
     e2els: list[float] | int = [o.latency for o in ok] or 0
     total_input = sum(o.prompt_len for o in ok)
+    good_rate = share = None
+    if goodput:
+        slo_s = goodput.get("e2el", math.inf) / MS_PER_S
+        good = sum(o.latency <= slo_s for o in ok)
+        good_rate, share = good / duration, good / max(1, len(outputs))
     return ServeMetrics(
         completed=len(ok),
         failed=len(outputs) - len(ok),
@@ -279,6 +292,8 @@ def calculate_metrics(outputs: list[RequestOutput], duration: float,
         std_e2el_ms=float(np.std(e2els)) * MS_PER_S,
         percentiles_e2el_ms=[(p, float(np.percentile(e2els, p)) * MS_PER_S)
                              for p in percentiles],
+        request_goodput=good_rate,
+        slo_attainment=share,
     )
 
 
@@ -301,8 +316,11 @@ def report_lines(metrics: ServeMetrics, max_concurrency: int | None, request_rat
         lines.append(num("Request rate configured (RPS):", request_rate))
     lines += [num("Benchmark duration (s):", metrics.duration),
               row("Total input tokens:", metrics.total_input),
-              num("Request throughput (req/s):", metrics.request_throughput),
-              num("Total Token throughput (tok/s):", metrics.total_token_throughput)]
+              num("Request throughput (req/s):", metrics.request_throughput)]
+    if metrics.request_goodput is not None:
+        lines += [num("Request goodput (req/s):", metrics.request_goodput),
+                  num("Requests within the SLO (%):", 100 * (metrics.slo_attainment or 0.0))]
+    lines += [num("Total Token throughput (tok/s):", metrics.total_token_throughput)]
     if "e2el" in selected_metrics:
         lines += ["{s:{c}^{n}}".format(s="End-to-end Latency", n=50, c="-"),
                   num("Mean E2EL (ms):", metrics.mean_e2el_ms),
@@ -354,8 +372,12 @@ def build_result(ns: argparse.Namespace, metrics: ServeMetrics, outputs: list[Re
         "failed": metrics.failed,
         "total_input_tokens": metrics.total_input,
         "request_throughput": metrics.request_throughput,
+        "request_goodput": metrics.request_goodput,
         "total_token_throughput": metrics.total_token_throughput,
     }
+    if ns.goodput:
+        result["goodput_slo_ms"] = dict(ns.goodput)
+        result["slo_attainment"] = metrics.slo_attainment
     if ns.save_detailed:
         result["input_lens"] = [o.prompt_len for o in outputs]
         result["latencies"] = [o.latency for o in outputs]
@@ -432,6 +454,8 @@ def check_arguments(ns: argparse.Namespace) -> tuple[list[str], list[float]]:
         raise ValueError(f"--metric-percentiles must be numbers: {exc}") from exc
     if any(not 0 <= p <= 100 for p in percentiles):
         raise ValueError("--metric-percentiles must lie in [0, 100]")
+    if ns.goodput and any(name not in POOLING_METRICS for name, _ in ns.goodput):
+        raise ValueError("a rerank answer is not streamed: --goodput takes e2el:MS only")
     if ns.plot and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("--plot needs matplotlib: pip install 'qrank[plot]'")
     return metrics, percentiles
@@ -475,10 +499,11 @@ def main(ns: argparse.Namespace) -> int:
     requests = [RerankRequest(r.query, r.documents, r.prompt_len, run_id + r.request_id)
                 for r in requests]
     logger.info("%d requests of %d documents at most, to %s", len(requests),
-                ns.random_batch_size, target.api_url)
+                max(len(r.documents) for r in requests), target.api_url)
 
     outputs, duration = asyncio.run(benchmark(ns, target, requests))
-    metrics = calculate_metrics(outputs, duration, percentiles)
+    metrics = calculate_metrics(outputs, duration, percentiles,
+                                dict(ns.goodput) if ns.goodput else None)
     print_errors(outputs)
     print("\n".join(report_lines(metrics, ns.max_concurrency, ns.request_rate,
                                  selected_metrics)))

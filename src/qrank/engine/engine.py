@@ -186,12 +186,13 @@ class Engine:
             d.endswith(t.suffix) for d in documents)
 
     # ---- compute ------------------------------------------------------------------------
-    def make_scheduler(self) -> Scheduler:
+    def make_scheduler(self, policy: str = "fcfs") -> Scheduler:
         return Scheduler(
             self.args.max_num_batched_tokens,
             self.args.max_num_seqs,
             share_prefixes=self.args.prefix_sharing,
             is_cached=self.prefix_cache.__contains__,
+            policy=policy,
         )
 
     def _seq_groups(
@@ -349,9 +350,26 @@ class EngineDeadError(RuntimeError):
 
 
 class ScoreFuture(Future):
-    """The Future of one request's scores; ``cached`` counts those the score cache answered."""
+    """The Future of one request's scores; ``cached`` counts those the score cache answered,
+    ``request_id`` names it to :meth:`AsyncEngine.abort` (None: it was never queued)."""
 
     cached: int = 0
+    request_id: int | None = None
+
+
+class RequestObserver(Protocol):
+    """What the async engine reports of each request (the server's metrics); called in the
+    engine's threads, so it must be quick."""
+
+    def request_scheduled(self, queue_seconds: float) -> None:
+        """A request's first pair went into a batch, ``queue_seconds`` after it was queued."""
+
+    def request_finished(self, inference_seconds: float) -> None:
+        """A request's last score came, ``inference_seconds`` after its first batch began."""
+
+    def request_cancelled(self, reason: str, pairs: int) -> None:
+        """A request was dropped (``reason``: disconnect, timeout, error) with ``pairs`` of
+        its pairs still waiting, never computed."""
 
 
 @dataclass
@@ -361,6 +379,8 @@ class _Request:
     remaining: int
     keys: list[tuple[int, int]] | None  # score-cache keys, by pair index
     use_activation: bool = True
+    queued: float = 0.0  # time.monotonic() when submitted
+    started: float | None = None  # when its first batch began
 
     def finish(self) -> None:
         self.future.set_result(sigmoid_scores(self.scores) if self.use_activation
@@ -369,15 +389,19 @@ class _Request:
 
 class AsyncEngine:
     """Runs an :class:`Engine` in a worker thread; requests submitted from any thread are
-    batched together and each gets a Future of its scores."""
+    batched together under ``policy`` (:mod:`qrank.engine.scheduler`) and each gets a Future
+    of its scores. :meth:`abort` drops a request's waiting pairs."""
 
-    def __init__(self, engine: Engine, max_queued_pairs: int = 100_000) -> None:
+    def __init__(self, engine: Engine, max_queued_pairs: int = 100_000,
+                 policy: str = "fair") -> None:
         if engine.parallel is not None:
             raise ValueError("data-parallel workers score offline jobs (score_tokens); the "
                              "async engine runs batches on its own engine")
         self.engine = engine
         self.max_queued_pairs = max_queued_pairs
-        self.scheduler = engine.make_scheduler()
+        self.policy = policy
+        self.scheduler = engine.make_scheduler(policy)
+        self.observer: RequestObserver | None = None
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
         self._cond = threading.Condition()
@@ -394,10 +418,17 @@ class AsyncEngine:
     def num_pending_pairs(self) -> int:
         return len(self.scheduler)
 
-    def submit(self, pairs: list[PairTokens], use_activation: bool = True) -> ScoreFuture:
+    @property
+    def num_pending_requests(self) -> int:
+        """Requests with pairs waiting (not those whose pairs are all in a batch)."""
+        return self.scheduler.num_requests
+
+    def submit(self, pairs: list[PairTokens], use_activation: bool = True,
+               priority: int = 0) -> ScoreFuture:
         """Queue the pairs of one request; the Future resolves to their scores, in order
         (``use_activation`` False: their logits). Pairs the score cache holds are answered at
-        once and never queued."""
+        once and never queued. ``priority`` counts under the ``priority`` policy (lower
+        first)."""
         future = ScoreFuture()
         if not pairs:
             future.set_result([])
@@ -426,10 +457,38 @@ class AsyncEngine:
                 )
             rid = self._next_id
             self._next_id += 1
-            self._requests[rid] = _Request(future, scores, len(todo), keys, use_activation)
-            self.scheduler.add([WorkItem(pairs[i], (rid, i)) for i in todo])
+            future.request_id = rid
+            self._requests[rid] = _Request(future, scores, len(todo), keys, use_activation,
+                                           time.monotonic())
+            self.scheduler.add([WorkItem(pairs[i], (rid, i)) for i in todo], rid, priority)
             self._cond.notify()
         return future
+
+    def abort(self, future: ScoreFuture, reason: str) -> int | None:
+        """Give up a request (``reason``: disconnect, timeout, error): its waiting pairs are
+        dropped and its Future cancelled; a batch in flight with some of its pairs finishes
+        for the others. Returns the pairs dropped, or None when the request had already
+        finished (or failed), so its Future holds the outcome."""
+        with self._cond:
+            req = self._requests.pop(future.request_id, None) if future.request_id is not None \
+                else None
+            if req is None:
+                return None
+            dropped = self.scheduler.remove(future.request_id)
+            if self.observer is not None:
+                self.observer.request_cancelled(reason, dropped)
+        future.cancel()
+        return dropped
+
+    def _started(self, batch: Batch) -> None:
+        """Note the requests whose first pairs this batch holds (under the lock)."""
+        now = time.monotonic()
+        for rid in {key[0] for key in batch.keys}:
+            req = self._requests.get(rid)
+            if req is not None and req.started is None:
+                req.started = now
+                if self.observer is not None:
+                    self.observer.request_scheduled(now - req.queued)
 
     def _loop(self) -> None:
         try:
@@ -440,6 +499,8 @@ class AsyncEngine:
                     if self._stopping and not len(self.scheduler):
                         return
                     batch = self.scheduler.next_batch()
+                    if batch is not None:
+                        self._started(batch)
                 if batch is not None:
                     self._run(batch)
         except BaseException as exc:  # noqa: BLE001 - report and fail what waits
@@ -465,6 +526,9 @@ class AsyncEngine:
                     continue
                 if isinstance(value, BaseException):
                     del self._requests[rid]
+                    dropped = self.scheduler.remove(rid)  # its other pairs: not computed
+                    if self.observer is not None:
+                        self.observer.request_cancelled("error", dropped)
                     if not req.future.done():
                         req.future.set_exception(value)
                     continue
@@ -474,6 +538,8 @@ class AsyncEngine:
                 req.remaining -= 1
                 if req.remaining == 0:
                     del self._requests[rid]
+                    if self.observer is not None and req.started is not None:
+                        self.observer.request_finished(time.monotonic() - req.started)
                     req.finish()
 
     def _retry_per_request(self, batch: Batch, exc: Exception) -> list[tuple[Any, Any]]:

@@ -1,24 +1,53 @@
 """Batching policy: pairs from many requests into batches under a token budget.
 
-Pairs that share their query side (same token ids) are grouped, whatever request they came
-from, so the shared prefix is computed once per batch (or taken from the prefix cache). A pair
-alone with its query in a batch is computed under its template head (system prefix and
-instruction), which the batch's lone pairs share in turn. Groups are served first come, first
-served; a group larger than the budget is split across batches. The budget counts the tokens
-actually computed, so a cached or shared prefix is counted once or not at all.
+Pairs that share their query side (same token ids) are grouped in a batch, whatever request they
+came from, so the shared prefix is computed once per batch (or taken from the prefix cache). A
+pair alone with its query in a batch is computed under its template head (system prefix and
+instruction), which the batch's lone pairs share in turn. A request's pairs are taken query by
+query, so those of one query stay together; a group larger than the budget is split across
+batches. The budget counts the tokens actually computed, so a cached or shared prefix is
+counted once or not at all.
 
 Pairs of requests with different ``cache_salt`` never share a prefix: in a batch or in the prefix
 cache, a prefix is known by :func:`prefix_key`, its ids and its salt.
+
+Which request's pair goes next is the policy (``--scheduling-policy``):
+
+``fcfs``
+    first come, first served: a request's pairs all go before the next request's.
+``fair`` (the server's default)
+    start-time fair queuing by tokens, the token-exact form of deficit round-robin. Each
+    waiting request carries a virtual clock, its *tag*: the tokens it has been served, counted
+    from where it started. The next pair always comes from the request with the smallest tag
+    (the earlier arrival on a tie), and taking it advances that tag by the tokens the pair
+    costs the batch. The virtual time is the largest tag a pair was taken at. A request that
+    arrives starts one batch budget (``max_num_batched_tokens``) before it: it may take up to
+    one whole batch before it shares, and then shares equally with every request waiting, so
+    it is never owed more than that for the time before it came. A request that fits in a
+    batch is so done in the next batch, whatever is queued ahead of it; requests that stay
+    share each batch by tokens, about ``1/k`` each when ``k`` wait. In deficit round-robin
+    terms: a quantum of one token a round, and a newcomer's deficit counter starts at one
+    batch; no request that has had its start runs ahead of another by more than one pair.
+``priority``
+    vLLM's: the lowest ``priority`` value first; requests of equal priority share as ``fair``
+    (each priority level keeps its own virtual time).
+
+A batch stops at the first pair that does not fit (a pair alone larger than the budget runs
+alone), so the next batch starts with that pair: no request is passed over for being long.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+import itertools
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from qrank.tokenize import PairTokens
+
+POLICIES = ("fair", "fcfs", "priority")
 
 
 def prefix_key(ids: tuple[int, ...], salt: str = "") -> Hashable:
@@ -63,8 +92,34 @@ class Batch:
         return [it.key for g in self.groups for it in g.items]
 
 
+@dataclass
+class _Waiting:
+    """One request's pairs still waiting, by query side, and its place in the queue."""
+
+    request: Hashable
+    priority: int
+    seq: int  # arrival order
+    tag: int  # virtual start time of its next pair (fair, priority)
+    groups: OrderedDict[Hashable, deque[WorkItem]] = field(default_factory=OrderedDict)
+    count: int = 0
+
+
+class _Filling:
+    """The batch being filled: its groups by query side, tokens, pairs and template heads."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Hashable, BatchGroup] = {}
+        self.discounts: dict[Hashable, int] = {}
+        self.heads: set[Hashable] = set()  # prefix keys of the template heads it computes
+        self.tokens = 0
+        self.pairs = 0
+
+    def batch(self) -> Batch:
+        return Batch(list(self.groups.values()), self.tokens)
+
+
 class Scheduler:
-    """Holds pending pairs and cuts them into batches.
+    """Holds pending pairs by request and cuts them into batches under ``policy``.
 
     ``share_prefixes`` False makes every pair an independent sequence. ``is_cached`` tells
     whether a prefix (by its :func:`prefix_key`) is already cached (then it costs no tokens).
@@ -76,32 +131,90 @@ class Scheduler:
         max_num_seqs: int = 256,
         share_prefixes: bool = True,
         is_cached: Callable[[Hashable], bool] | None = None,
+        policy: str = "fcfs",
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"scheduling policy must be one of {', '.join(POLICIES)}, "
+                             f"not {policy!r}")
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
         self.share_prefixes = share_prefixes
         self.is_cached = is_cached or (lambda ids: False)
-        self._pending: OrderedDict[Hashable, BatchGroup] = OrderedDict()
+        self.policy = policy
+        self._waiting: dict[Hashable, _Waiting] = {}
+        self._heap: list[tuple[tuple, int, Hashable]] = []  # (order, push count, request)
+        self._pushes = itertools.count()
+        self._arrivals = itertools.count()
+        self._vtime: dict[int, int] = {}  # per priority level: the largest tag a pair was taken at
+        self._credit = max_num_batched_tokens  # what a newcomer may take before it shares
         self._num_pending = 0
 
     def __len__(self) -> int:
         """Number of pairs waiting."""
         return self._num_pending
 
-    def add(self, items: list[WorkItem]) -> None:
+    @property
+    def num_requests(self) -> int:
+        """Number of requests with pairs waiting."""
+        return len(self._waiting)
+
+    def add(self, items: list[WorkItem], request: Hashable | None = None,
+            priority: int = 0) -> None:
+        """Queue the pairs of one request (a new one per call when ``request`` is None; more
+        pairs of a request still waiting join it). ``priority`` counts under ``priority``."""
+        if not items:
+            return
+        if request is None:
+            request = ("anonymous", next(self._arrivals))
+        waiting = self._waiting.get(request)
+        if waiting is None:
+            level = priority if self.policy == "priority" else 0
+            waiting = self._waiting[request] = _Waiting(
+                request, level, next(self._arrivals), self._vtime.get(level, 0) - self._credit)
+            self._push(waiting)
         for item in items:
             shared, salt = item.tokens.shared, item.tokens.salt
             key = prefix_key(shared, salt) if self.share_prefixes else (shared, id(item))
-            group = self._pending.get(key)
-            if group is None:
-                group = self._pending[key] = BatchGroup(shared, salt=salt)
-            group.items.append(item)
+            waiting.groups.setdefault(key, deque()).append(item)
+        waiting.count += len(items)
         self._num_pending += len(items)
 
-    def _cost(self, group: BatchGroup, taken: int, item: WorkItem,
+    def remove(self, request: Hashable) -> int:
+        """Drop a request's waiting pairs (cancelled, failed, past its deadline); returns how
+        many were dropped. Pairs already in a batch are not recalled."""
+        waiting = self._waiting.pop(request, None)
+        if waiting is None:
+            return 0
+        self._num_pending -= waiting.count
+        if not self._waiting:
+            self._heap.clear()  # else its heap entry is stale, skipped when it comes first
+        return waiting.count
+
+    def _order(self, w: _Waiting) -> tuple:
+        if self.policy == "fcfs":
+            return (w.seq,)
+        if self.policy == "fair":
+            return (w.tag, w.seq)
+        return (w.priority, w.tag, w.seq)
+
+    def _push(self, w: _Waiting) -> None:
+        heapq.heappush(self._heap, (self._order(w), next(self._pushes), w.request))
+
+    def _first(self) -> _Waiting | None:
+        """The request whose pair goes next; stale heap entries are dropped on the way."""
+        while self._heap:
+            order, _, request = self._heap[0]
+            w = self._waiting.get(request)
+            if w is not None and self._order(w) == order:
+                return w
+            heapq.heappop(self._heap)
+        return None
+
+    def _cost(self, shared: tuple[int, ...], taken: int, item: WorkItem,
               heads: set[Hashable], discount: int) -> tuple[int, int]:
         """``(tokens, discount)``: what adding ``item`` to a batch already holding ``taken``
-        items of ``group`` costs, and the head tokens its group was not charged.
+        items of its query side ``shared`` costs, and the head tokens its group was not
+        charged.
 
         Its own tokens, plus the prefix when it is the group's first and not cached. A first
         item with a template head is charged its prefix without the head (``discount``), plus
@@ -113,49 +226,59 @@ class Scheduler:
         if taken > 0:
             return own + discount, 0
         if not self.share_prefixes:
-            return own + len(group.shared), 0
-        if self.is_cached(group.key()):
+            return own + len(shared), 0
+        salt = item.tokens.salt
+        if self.is_cached(prefix_key(shared, salt)):
             return own, 0
         n = item.tokens.head
         if not n:
-            return own + len(group.shared), 0
-        head = group.key(group.shared[:n])
+            return own + len(shared), 0
+        head = prefix_key(shared[:n], salt)
         known = head in heads or self.is_cached(head)
-        return own + len(group.shared) - (n if known else 0), n
+        return own + len(shared) - (n if known else 0), n
 
     def next_batch(self) -> Batch | None:
-        """The next batch, first come first served, or None when nothing waits."""
-        if not self._pending:
+        """The next batch under the policy, or None when nothing waits."""
+        if not self._waiting:
             return None
-        groups: list[BatchGroup] = []
-        heads: set[Hashable] = set()  # prefix keys of the template heads this batch computes
-        tokens = pairs = 0
-        full = False
-        for key in list(self._pending):
-            group = self._pending[key]
-            taken: list[WorkItem] = []
-            discount = 0
-            for item in group.items:
-                cost, new_discount = self._cost(group, len(taken), item, heads, discount)
-                over = tokens + cost > self.max_tokens or pairs + 1 > self.max_seqs
-                if over and pairs > 0:
-                    full = True
-                    break
-                if new_discount:  # a lone pair so far, under its head
-                    heads.add(group.key(group.shared[:new_discount]))
-                taken.append(item)
-                discount = new_discount
-                tokens += cost
-                pairs += 1
-            if taken:
-                groups.append(BatchGroup(group.shared, taken, group.salt))
-                del group.items[: len(taken)]
-                if not group.items:
-                    del self._pending[key]
-            if full:
+        fill = _Filling()
+        while (w := self._first()) is not None:
+            key, queue = next(iter(w.groups.items()))
+            item = queue[0]
+            group = fill.groups.get(key)
+            taken = len(group.items) if group is not None else 0
+            cost, discount = self._cost(item.tokens.shared, taken, item, fill.heads,
+                                        fill.discounts.get(key, 0))
+            if fill.pairs > 0 and (fill.tokens + cost > self.max_tokens
+                                   or fill.pairs + 1 > self.max_seqs):
                 break
-        self._num_pending -= pairs
-        return Batch(groups, tokens)
+            if group is None:
+                group = fill.groups[key] = BatchGroup(item.tokens.shared, salt=item.tokens.salt)
+            if discount:  # a lone pair so far, under its head
+                fill.heads.add(prefix_key(item.tokens.shared[:discount], item.tokens.salt))
+            fill.discounts[key] = discount
+            group.items.append(queue.popleft())
+            fill.tokens += cost
+            fill.pairs += 1
+            self._took(w, key, cost)
+        self._num_pending -= fill.pairs
+        return fill.batch()
+
+    def _took(self, w: _Waiting, key: Hashable, cost: int) -> None:
+        """Account for one pair of ``w`` (of query side ``key``) taken at ``cost`` tokens."""
+        if not w.groups[key]:
+            del w.groups[key]
+        w.count -= 1
+        if self.policy != "fcfs":
+            self._vtime[w.priority] = max(self._vtime.get(w.priority, w.tag), w.tag)
+            w.tag += cost
+        if not w.count:
+            heapq.heappop(self._heap)
+            del self._waiting[w.request]
+            if not self._waiting:
+                self._heap.clear()  # only stale entries of removed requests were left
+        elif self.policy != "fcfs":
+            heapq.heapreplace(self._heap, (self._order(w), next(self._pushes), w.request))
 
     def plan(self, items: list[WorkItem]) -> list[Batch]:
         """All batches for an offline job, shortest pairs first so lengths in a batch match."""

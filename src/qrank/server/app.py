@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import qrank
-from qrank.engine.engine import AsyncEngine, EngineDeadError, QueueFullError
+from qrank.engine.engine import AsyncEngine, EngineDeadError, QueueFullError, ScoreFuture
 from qrank.llm import pair_up
 from qrank.score_template import TemplateError
 from qrank.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -51,6 +51,16 @@ from qrank.server.protocol import (
     error_body,
     valid_request_id,
 )
+from qrank.server.waiting import (
+    DISCONNECTED,
+    TIMEOUT_HEADER,
+    ClientDisconnected,
+    DeadlineExceeded,
+    DisconnectWatch,
+    await_result,
+    past,
+    request_timeout,
+)
 from qrank.tokenize import InputTooLongError, PairTokens
 from qrank.windows import DEFAULT_OVERLAP, Chunk, DocTokens, best_windows, flatten
 
@@ -59,7 +69,7 @@ logger = logging.getLogger(__name__)
 OPEN_ROUTES = {"/health"}
 REQUEST_ID_HEADER = "X-Request-Id"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503, 504)
 }
 
 
@@ -82,6 +92,7 @@ class ServerSettings:
     max_chunks_per_doc: int = 1
     chunk_overlap_tokens: int = DEFAULT_OVERLAP
     max_chunks_per_request: int = 4000
+    request_timeout: float | None = None  # seconds; the X-Request-Timeout header may cut it
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -161,7 +172,9 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics()
     core = engine.engine
     metrics.watch(lambda: engine.num_pending_pairs, lambda: core.prefix_cache.hits,
-                  lambda: core.prefix_cache.nbytes)
+                  lambda: core.prefix_cache.nbytes,
+                  queue_requests=lambda: engine.num_pending_requests)
+    engine.observer = metrics
     metrics.watch_score_cache(core.score_cache)
     core.on_batch = metrics.observe_batch
     display_name = settings.served_model_names[0]
@@ -187,6 +200,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     async def auth_and_metrics(request: Request,
                                call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
+        request.state.arrival = time.monotonic()  # deadlines run from here
         if settings.api_key and request.url.path not in OPEN_ROUTES:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
@@ -207,6 +221,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         metrics.observe_request(label, response.status_code, time.perf_counter() - start)
         return response
 
+    app.add_middleware(DisconnectWatch)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     # ---- errors ------------------------------------------------------------------------------
@@ -297,11 +312,40 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                                 "documents", "max_chunks_per_doc")
         return docs, [replace(p, salt=salt) for p in pairs] if salt else pairs
 
-    async def score(pairs: list[PairTokens], use_activation: bool | None = None
-                    ) -> tuple[list[float], int]:
-        """The pairs' scores (or logits) and how many of them the score cache answered."""
+    def time_limit(http: Request) -> float | None:
+        """Seconds the request may take: X-Request-Timeout capped by --request-timeout."""
         try:
-            future = await run_in_threadpool(engine.submit, pairs, use_activation is not False)
+            return request_timeout(http.headers.get(TIMEOUT_HEADER), settings.request_timeout)
+        except ValueError as exc:
+            raise APIError(400, str(exc), TIMEOUT_HEADER) from exc
+
+    def check_priority(priority: int) -> None:
+        if priority and engine.policy != "priority":
+            raise APIError(400, f"priority {priority} needs a server started with "
+                                f"--scheduling-policy priority; this one schedules "
+                                f"{engine.policy}", "priority")
+
+    def timed_out(limit: float) -> APIError:
+        return APIError(504, f"the request did not finish within its time limit of {limit:g} s "
+                             f"({TIMEOUT_HEADER} or --request-timeout); its waiting pairs were "
+                             "dropped")
+
+    async def score(pairs: list[PairTokens], http: Request, limit: float | None,
+                    priority: int = 0, use_activation: bool | None = None
+                    ) -> tuple[list[float], int]:
+        """The pairs' scores (or logits, ``use_activation`` False) and how many of them the
+        score cache answered. Past its time
+        ``limit`` (504) or when the client goes away (499) the request is given up and its
+        waiting pairs dropped."""
+        deadline = None
+        if limit is not None:
+            deadline = getattr(http.state, "arrival", time.monotonic()) + limit
+            if past(deadline):
+                metrics.request_cancelled("timeout", len(pairs))
+                raise timed_out(limit)
+        try:
+            future = await run_in_threadpool(engine.submit, pairs, use_activation is not False,
+                                              priority)
         except QueueFullError as exc:
             raise APIError(503, f"the server is busy ({exc}); retry shortly",
                            headers={"Retry-After": "1"}) from exc
@@ -310,26 +354,45 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         except ValueError as exc:
             raise APIError(400, str(exc), "documents") from exc
         try:
-            scores = await asyncio.wrap_future(future)
+            scores = await wait_for(future, http, deadline, limit)
         except EngineDeadError as exc:
             raise APIError(503, str(exc)) from exc
         metrics.observe_scored(len(pairs), sum(len(p) for p in pairs))
         return scores, future.cached
 
+    async def wait_for(future: ScoreFuture, http: Request, deadline: float | None,
+                       limit: float | None) -> list[float]:
+        """The future's scores, unless the deadline passes or the client goes away first; a
+        request given up for any reason has its waiting pairs dropped."""
+        try:
+            return await await_result(future, deadline, http.scope.get(DISCONNECTED))
+        except DeadlineExceeded:
+            if engine.abort(future, "timeout") is not None:
+                raise timed_out(limit or 0.0) from None
+        except ClientDisconnected:
+            if engine.abort(future, "disconnect") is not None:
+                raise APIError(499, "the client closed the request") from None
+        except BaseException:
+            engine.abort(future, "error")  # this handler failed or was cancelled
+            raise
+        return await asyncio.wrap_future(future)  # it finished just as it was given up
+
     # ---- routes ------------------------------------------------------------------------------
     @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     @app.post("/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     @app.post("/v2/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
-    async def rerank(req: RerankRequest, request: Request) -> JSONResponse:
+    async def rerank(req: RerankRequest, http: Request) -> JSONResponse:
         """Rerank documents by relevance to the query (vLLM / Jina / Cohere)."""
         check_model(req.model)
-        rid = request_id(req, request, "rerank")
+        rid = request_id(req, http, "rerank")
+        check_priority(req.priority)
+        limit = time_limit(http)
         docs = req.document_texts()
         check_count(len(docs), "documents")
         windows, pairs = await tokenize(core.encode_docs, req.query, docs,
                                         max_doc_tokens=req.max_tokens_per_doc,
                                         salt=req.cache_salt, **encode_options(req))
-        pair_scores, cached = await score(pairs, req.use_activation)
+        pair_scores, cached = await score(pairs, http, limit, req.priority, req.use_activation)
         best = best_windows(windows, pair_scores)
         order = sorted(range(len(docs)), key=lambda i: -best[i][0])
         if req.top_n:
@@ -352,11 +415,13 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
-    async def score_pairs(req: ScoreRequest, request: Request, response: Response
+    async def score_pairs(req: ScoreRequest, http: Request, response: Response
                           ) -> ScoreResponse:
         """Score 1:1, 1:N or N:N text pairs (vLLM's score API)."""
         check_model(req.model)
-        rid = request_id(req, request, "score")
+        rid = request_id(req, http, "score")
+        check_priority(req.priority)
+        limit = time_limit(http)
         (name_1, side_1), (name_2, side_2) = req.sides()
         try:
             queries, docs = pair_up(side_1, side_2)
@@ -368,7 +433,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         check_count(len(docs), "pairs")
         windows, pairs = await tokenize(core.encode_pair_docs, queries, docs,
                                         salt=req.cache_salt, **encode_options(req))
-        pair_scores, cached = await score(pairs, req.use_activation)
+        pair_scores, cached = await score(pairs, http, limit, req.priority, req.use_activation)
         best = best_windows(windows, pair_scores)
         tokens = sum(len(p) for p in pairs)
         response.headers[REQUEST_ID_HEADER] = rid
@@ -425,8 +490,10 @@ def run_server(ns: argparse.Namespace) -> int:
         max_chunks_per_doc=ns.max_chunks_per_doc,
         chunk_overlap_tokens=ns.chunk_overlap_tokens,
         max_chunks_per_request=ns.max_chunks_per_request,
+        request_timeout=ns.request_timeout,
     )  # checked before the model loads
-    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs)
+    engine = AsyncEngine(Engine(args), max_queued_pairs=ns.max_queued_pairs,
+                         policy=ns.scheduling_policy)
     app = create_app(engine, settings)
     logger.info("listening on http://%s:%d (auth %s)", ns.host, ns.port,
                 "on" if settings.api_key else "off")

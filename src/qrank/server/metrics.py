@@ -17,10 +17,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# why a request was given up: its client went away, its time limit passed, or it failed
+CANCEL_REASONS = ("disconnect", "timeout", "error")
 
 
 class ServerMetrics:
-    """Requests by route and status, latencies, pairs and tokens scored, batch shapes, queue."""
+    """Requests by route and status, latencies, pairs and tokens scored, batch shapes, queue,
+    time waiting and in the engine, requests given up. It is the async engine's
+    :class:`~qrank.engine.engine.RequestObserver`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -42,14 +46,37 @@ class ServerMetrics:
         self.batch_seconds = Histogram("qrank_batch_seconds", "forward time per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("qrank_queue_pairs", "pairs waiting for the engine", registry=r)
+        self.queue_requests = Gauge("qrank_queue_requests",
+                                    "requests with pairs waiting for the engine", registry=r)
+        self.queue_time = Histogram(
+            "qrank_request_queue_time_seconds", "seconds from a request's arrival at the "
+            "engine to the start of the first batch holding its pairs",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_time = Histogram(
+            "qrank_request_inference_time_seconds", "seconds from the start of a request's "
+            "first batch to its last score (time in the engine)",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.cancelled = Counter(
+            "qrank_requests_cancelled", "requests given up before all their pairs were "
+            "scored, by reason: disconnect (the client went away), timeout (504), error",
+            ["reason"], registry=r)
+        self.cancelled_pairs = Counter(
+            "qrank_pairs_cancelled", "pairs of requests given up, dropped from the queue "
+            "without being computed, by reason", ["reason"], registry=r)
+        for reason in CANCEL_REASONS:
+            self.cancelled.labels(reason=reason)
+            self.cancelled_pairs.labels(reason=reason)
         self.prefix_hits = Gauge("qrank_prefix_cache_hits", "prefix cache hits", registry=r)
         self.prefix_bytes = Gauge("qrank_prefix_cache_bytes", "bytes held by the prefix cache",
                                   registry=r)
 
     def watch(self, queue_depth: Callable[[], float], prefix_hits: Callable[[], float],
-              prefix_bytes: Callable[[], float]) -> None:
+              prefix_bytes: Callable[[], float],
+              queue_requests: Callable[[], float] | None = None) -> None:
         """Gauges read at scrape time."""
         self.queue.set_function(queue_depth)
+        if queue_requests is not None:
+            self.queue_requests.set_function(queue_requests)
         self.prefix_hits.set_function(prefix_hits)
         self.prefix_bytes.set_function(prefix_bytes)
 
@@ -62,6 +89,16 @@ class ServerMetrics:
         self.batch_tokens.observe(stats.num_tokens)
         self.batch_requests.observe(stats.num_requests)
         self.batch_seconds.observe(stats.seconds)
+
+    def request_scheduled(self, queue_seconds: float) -> None:
+        self.queue_time.observe(queue_seconds)
+
+    def request_finished(self, inference_seconds: float) -> None:
+        self.inference_time.observe(inference_seconds)
+
+    def request_cancelled(self, reason: str, pairs: int) -> None:
+        self.cancelled.labels(reason=reason).inc()
+        self.cancelled_pairs.labels(reason=reason).inc(pairs)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+
+from qrank.engine.scheduler import POLICIES
+
+
+def positive_seconds(text: str) -> float:
+    """A flag's positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def add_server_arguments(parser: argparse.ArgumentParser,
@@ -26,6 +40,16 @@ def add_server_arguments(parser: argparse.ArgumentParser,
                    help="largest request body accepted")
     g.add_argument("--max-queued-pairs", type=int, default=100_000,
                    help="pairs waiting in the engine before new requests get 503")
+    g.add_argument("--scheduling-policy", "--scheduling_policy", default="fair",
+                   choices=POLICIES,
+                   help="which waiting request's pairs go next: fair shares each batch among "
+                        "the requests waiting, by tokens (a small request waits about one "
+                        "batch behind a large one); fcfs serves them in arrival order; "
+                        "priority: lowest 'priority' field first, ties fair")
+    g.add_argument("--request-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                   help="answer 504 to a request not done this many seconds after it "
+                        "arrived, dropping its waiting pairs; a client's X-Request-Timeout "
+                        "header may set a shorter limit (default: none)")
     g.add_argument("--score-cache-entries", type=int, default=1_000_000,
                    help="scores of repeated pairs (same token ids and cache_salt) kept and "
                         "answered without computing them: 1,000,000 take 64 MiB (0: off)")

@@ -86,6 +86,11 @@ class VLLMOptions(BaseModel):
         None, description="echoed as the response id and X-Request-Id header (default: the "
                           "X-Request-Id request header, else a new id)")
     user: Text | None = Field(None, description="the end user (OpenAI's field); ignored")
+    priority: int = Field(
+        0, description="the request's priority (lower means earlier handling; default: 0) "
+                       "under --scheduling-policy priority; any other value is refused by a "
+                       "server that does not schedule by priority (vLLM's field)"
+    )
 
     def template_instruction(self) -> str | None:
         """The ``<Instruct>`` line: ``instruction`` or ``chat_template_kwargs.instruction``
@@ -314,8 +319,10 @@ ERROR_TYPES = {
     415: "UnsupportedMediaTypeError",
     422: "BadRequestError",
     429: "RateLimitError",
+    499: "ClientClosedRequest",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
 }
 
 
