@@ -56,7 +56,7 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert "no such directory" in proc.stderr
 
 
-HELP_COMMANDS = [[], ["serve"], ["score"], ["bench", "serve"], ["bench", "throughput"],
+HELP_COMMANDS = [[], ["serve"], ["score"], ["score-file"], ["bench", "serve"], ["bench", "throughput"],
                  ["make-test-model"]]
 
 
