@@ -56,8 +56,8 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert "no such directory" in proc.stderr
 
 
-HELP_COMMANDS = [[], ["serve"], ["score"], ["score-file"], ["bench", "serve"], ["bench", "throughput"],
-                 ["make-test-model"]]
+HELP_COMMANDS = [[], ["serve"], ["score"], ["score-file"], ["bench", "serve"],
+                 ["bench", "throughput"], ["make-test-model"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "qrank")
