@@ -72,6 +72,12 @@ def cmd_score_file(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    if ns.data_parallel_backend == "ray":
+        return import_ray_extra().serve_command(ns)
+    if ns.data_parallel_size > 1 or ns.min_replicas or ns.max_replicas or ns.ray_address:
+        raise ValueError("qrank serve runs one engine per process: --data-parallel-size > 1, "
+                         "--min-replicas, --max-replicas and --ray-address need "
+                         "--data-parallel-backend ray (pip install 'qrank[ray]')")
     from qrank.server.app import run_server
 
     return run_server(ns)

@@ -12,5 +12,6 @@ except ImportError as exc:
     raise ImportError(f"Ray is not installed; install it with: {EXTRA_HINT}") from exc
 
 from qrank.ray.data import score_dataset, score_file_command  # noqa: E402
+from qrank.ray.serve import build_app, serve_command  # noqa: E402
 
-__all__ = ["score_dataset", "score_file_command"]
+__all__ = ["build_app", "score_dataset", "score_file_command", "serve_command"]

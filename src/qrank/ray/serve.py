@@ -1,0 +1,339 @@
+"""``qrank serve --data-parallel-backend ray``: engine replicas as Ray Serve deployments behind
+one ingress that runs the plain server's FastAPI app (:func:`qrank.server.app.create_app`).
+
+The ingress tokenizes, as the plain server does, and its "engine" is a :class:`ReplicaPool`:
+each request's pairs go to one replica through a DeploymentHandle, routed by
+:class:`~qrank.ray.router.QueryAffinityRouter`. A replica that dies mid-request is retried on
+another; with none running, requests get 503 with Retry-After while Serve starts new ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+
+from qrank.config import EngineArgs, engine_args_from_namespace
+from qrank.engine.engine import (
+    AsyncEngine,
+    BatchStats,
+    Engine,
+    EngineDeadError,
+    QueueFullError,
+    ScoreFuture,
+)
+from qrank.models.loader import find_tokenizer_file, resolve_model_path
+from qrank.ray.router import QueryAffinityRouter, affinity_key
+from qrank.server.app import ServerSettings, create_app
+from qrank.tokenize import PairTokens, RerankTokenizer
+
+logger = logging.getLogger(__name__)
+
+ENGINE_DEPLOYMENT = "QrankEngine"
+INGRESS_DEPLOYMENT = "QrankIngress"
+
+
+class NoReplicaError(QueueFullError):
+    """No engine replica is running (Serve is starting new ones): 503 with Retry-After."""
+
+
+class EngineReplica:
+    """One engine in a Serve replica; scores the pairs of the requests routed to it."""
+
+    def __init__(self, engine_args: dict[str, Any], max_queued_pairs: int) -> None:
+        self.engine = AsyncEngine(Engine(EngineArgs(**engine_args)), max_queued_pairs)
+        self.batches: deque[BatchStats] = deque()
+        self.engine.engine.on_batch = self.batches.append
+
+    def info(self) -> dict[str, Any]:
+        core = self.engine.engine
+        return {"max_model_len": core.max_model_len, "model_path": str(core.model_path),
+                "pid": os.getpid()}
+
+    async def score(self, pairs: list[PairTokens], affinity: int | None = None
+                    ) -> tuple[list[float], int, dict[str, Any]]:
+        """The pairs' scores, how many the score cache answered, and this replica's stats.
+        (``affinity`` is read by the router.)"""
+        future = self.engine.submit(pairs)
+        scores = await asyncio.wrap_future(future)
+        return scores, future.cached, self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        core = self.engine.engine
+        batches = []
+        while self.batches:
+            batches.append(self.batches.popleft())
+        return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "prefix_hits": core.prefix_cache.hits, "prefix_bytes": core.prefix_cache.nbytes,
+                "score_hits": core.score_cache.hits, "score_misses": core.score_cache.misses,
+                "score_entries": len(core.score_cache), "batches": batches}
+
+    def check_health(self) -> None:
+        if not self.engine.alive:
+            raise RuntimeError("the engine's worker thread has stopped")
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.shutdown(5)
+
+
+class ReplicaStats:
+    """The replicas' caches as the metrics read them: the last figures each replica sent."""
+
+    def __init__(self, score_capacity: int) -> None:
+        self.by_replica: dict[str, dict[str, Any]] = {}
+        self.capacity = score_capacity
+
+    def _sum(self, name: str) -> int:
+        return sum(s[name] for s in list(self.by_replica.values()))
+
+    hits = property(lambda self: self._sum("prefix_hits"))
+    nbytes = property(lambda self: self._sum("prefix_bytes"))
+
+
+class ScoreCacheStats:
+    """The replicas' score caches, summed, with the attributes the metrics read."""
+
+    def __init__(self, stats: ReplicaStats) -> None:
+        self.stats = stats
+
+    hits = property(lambda self: self.stats._sum("score_hits"))
+    misses = property(lambda self: self.stats._sum("score_misses"))
+    capacity = property(lambda self: self.stats.capacity)
+    enabled = property(lambda self: self.stats.capacity > 0)
+
+    def __len__(self) -> int:
+        return self.stats._sum("score_entries")
+
+
+class FrontCore:
+    """What the app reads of an engine, at the ingress: the tokenizer and the model's limits
+    (the inputs side of :class:`Engine`, borrowed as it is); the scoring runs on replicas."""
+
+    encode = Engine.encode
+    encode_pairs = Engine.encode_pairs
+
+    def __init__(self, args: EngineArgs, info: dict[str, Any]) -> None:
+        self.args = args
+        path = resolve_model_path(args.model, args.revision)
+        self.tokenizer = RerankTokenizer.from_file(find_tokenizer_file(path, args.tokenizer))
+        self.max_model_len = info["max_model_len"]
+        self.model_path = info["model_path"]
+        self.replica_stats = ReplicaStats(args.score_cache_entries)
+        self.prefix_cache = self.replica_stats
+        self.score_cache = ScoreCacheStats(self.replica_stats)
+        self.on_batch = None
+
+
+class ReplicaPool:
+    """The ingress's engine: :class:`AsyncEngine`'s interface, each request's pairs scored on
+    one replica. Runs its calls on its own event loop thread."""
+
+    def __init__(self, handle: Any, core: FrontCore, max_queued_pairs: int, app_name: str,
+                 retries: int = 5, status_period_s: float = 1.0) -> None:
+        self.handle = handle
+        self.engine = core
+        self.max_queued_pairs = max_queued_pairs
+        self.app_name = app_name
+        self.retries = retries
+        self.running = 1
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="qrank-replica-pool")
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._watch(status_period_s), self._loop)
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopping and self.running > 0
+
+    @property
+    def num_pending_pairs(self) -> int:
+        return self._pending
+
+    def submit(self, pairs: list[PairTokens]) -> ScoreFuture:
+        future = ScoreFuture()
+        if not pairs:
+            future.set_result([])
+            return future
+        if len(pairs) > self.max_queued_pairs:
+            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
+                             f"{self.max_queued_pairs}: split the request")
+        if self._stopping:
+            raise EngineDeadError("the server is shutting down")
+        if self.running == 0:
+            raise NoReplicaError("no engine replica is running; Ray Serve is starting new ones")
+        with self._lock:
+            if self._pending + len(pairs) > self.max_queued_pairs:
+                raise QueueFullError(f"{self._pending} pairs are in flight; the limit is "
+                                     f"{self.max_queued_pairs}")
+            self._pending += len(pairs)
+        asyncio.run_coroutine_threadsafe(self._score(pairs, future), self._loop)
+        return future
+
+    async def _score(self, pairs: list[PairTokens], future: ScoreFuture) -> None:
+        key = affinity_key(pairs[0])
+        try:
+            for attempt in range(self.retries + 1):
+                try:
+                    scores, cached, stats = await self.handle.score.remote(pairs, affinity=key)
+                except (RayActorError, ActorUnavailableError) as exc:
+                    logger.warning("a replica failed during a request (%s); retrying",
+                                   type(exc).__name__)
+                    self.running = await self._count_running()
+                    if self.running == 0 or attempt == self.retries:
+                        future.set_exception(NoReplicaError(
+                            "no engine replica could answer; Ray Serve is starting new ones"))
+                        return
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                except BaseException as exc:  # noqa: BLE001 - the request's own failure
+                    future.set_exception(exc)
+                    return
+                self._absorb(stats)
+                future.cached = cached
+                future.set_result(scores)
+                return
+        finally:
+            with self._lock:
+                self._pending -= len(pairs)
+
+    def _absorb(self, stats: dict[str, Any]) -> None:
+        batches = stats.pop("batches")
+        self.engine.replica_stats.by_replica[stats["replica"]] = stats
+        if self.engine.on_batch is not None:
+            for b in batches:
+                self.engine.on_batch(b)
+
+    async def _count_running(self) -> int:
+        def count() -> int:
+            app = serve.status().applications.get(self.app_name)
+            if app is None or ENGINE_DEPLOYMENT not in app.deployments:
+                return 0
+            states = app.deployments[ENGINE_DEPLOYMENT].replica_states
+            return sum(n for state, n in states.items() if str(state).endswith("RUNNING"))
+
+        try:
+            return await self._loop.run_in_executor(None, count)
+        except Exception:  # noqa: BLE001 - the controller is busy: assume replicas are there
+            logger.debug("serve.status() failed", exc_info=True)
+            return max(self.running, 1)
+
+    async def _watch(self, period: float) -> None:
+        while not self._stopping:
+            self.running = await self._count_running()
+            await asyncio.sleep(period)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Wait for the requests in flight (up to ``timeout``), then stop."""
+        deadline = time.monotonic() + (timeout or 0)
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stopping = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _ingress_builder(engine_args: dict[str, Any], settings: ServerSettings,
+                     max_queued_pairs: int):
+    """The ASGI app builder Serve runs in the ingress replica: the plain server's app over a
+    :class:`ReplicaPool`."""
+
+    def build():
+        app_name = serve.get_replica_context().app_name
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=app_name)
+        # this runs inside the replica's event loop: ask from a thread, not the loop
+        with ThreadPoolExecutor(1) as pool:
+            info = pool.submit(lambda: handle.info.remote().result()).result()
+        core = FrontCore(EngineArgs(**engine_args), info)
+        pool = ReplicaPool(handle, core, max_queued_pairs, app_name)
+        return create_app(pool, settings)
+
+    return build
+
+
+def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None,
+              settings: ServerSettings | None = None, num_replicas: int = 1,
+              min_replicas: int | None = None, max_replicas: int | None = None,
+              num_cpus_per_replica: float = 1.0, max_ongoing_requests: int = 64,
+              max_queued_pairs: int = 100_000, load_factor: float = 1.5,
+              **engine_kwargs: Any) -> serve.Application:
+    """The qrank application for Ray Serve: ``num_replicas`` engines (or between
+    ``min_replicas`` and ``max_replicas``, autoscaled on ongoing requests) behind one
+    ingress serving the plain server's routes. For ``serve.run``, ``serve run module:app``
+    and a KubeRay ``RayService``'s import path."""
+    if engine_args is None:
+        if model is None:
+            raise ValueError("give the model (model=...) or engine_args")
+        engine_args = EngineArgs(model=model, **engine_kwargs)
+    engine_args = replace(engine_args, data_parallel_size=1,
+                          threads=engine_args.threads or max(1, int(num_cpus_per_replica)))
+    settings = settings or ServerSettings(served_model_names=[engine_args.model])
+    scaling: dict[str, Any] = {"num_replicas": num_replicas}
+    if min_replicas is not None or max_replicas is not None:
+        low = min_replicas if min_replicas is not None else 1
+        high = max_replicas if max_replicas is not None else max(low, num_replicas)
+        scaling = {"autoscaling_config": AutoscalingConfig(
+            min_replicas=low, max_replicas=high, initial_replicas=max(low, min(num_replicas,
+                                                                               high)),
+            target_ongoing_requests=max(1, max_ongoing_requests // 2))}
+    router = RequestRouterConfig(request_router_class=QueryAffinityRouter,
+                                 request_router_kwargs={"load_factor": load_factor})
+    replica = serve.deployment(EngineReplica, name=ENGINE_DEPLOYMENT,
+                               ray_actor_options={"num_cpus": num_cpus_per_replica},
+                               max_ongoing_requests=max_ongoing_requests,
+                               request_router_config=router, **scaling)
+    args = asdict(engine_args)
+    ingress = serve.deployment(
+        serve.ingress(_ingress_builder(args, settings, max_queued_pairs))(),
+        name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=10_000)
+    return ingress.bind(replica.bind(args, max_queued_pairs))
+
+
+def serve_command(ns: argparse.Namespace) -> int:
+    """``qrank serve MODEL --data-parallel-size N --data-parallel-backend ray``."""
+    from qrank.ray.data import connect
+
+    engine_args = engine_args_from_namespace(ns)
+    settings = ServerSettings(
+        served_model_names=ns.served_model_name or [ns.model], api_key=ns.api_key or None,
+        max_docs_per_request=ns.max_docs_per_request, max_request_bytes=ns.max_request_bytes,
+        shutdown_timeout=ns.shutdown_timeout)
+    app = build_app(engine_args=engine_args, settings=settings,
+                    num_replicas=ns.data_parallel_size, min_replicas=ns.min_replicas,
+                    max_replicas=ns.max_replicas,
+                    num_cpus_per_replica=ns.num_cpus_per_replica,
+                    max_queued_pairs=ns.max_queued_pairs)
+    connect(ns.ray_address)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # shut Serve down on SIGTERM too
+    serve.start(http_options={"host": ns.host, "port": ns.port})
+    serve.run(app, name="qrank", route_prefix="/")
+    logger.info("listening on http://%s:%d with %d Ray Serve replica(s)", ns.host, ns.port,
+                ns.data_parallel_size)
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        logger.info("shutting down the Ray Serve application")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
