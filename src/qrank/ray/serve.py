@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ENGINE_DEPLOYMENT = "QrankEngine"
 INGRESS_DEPLOYMENT = "QrankIngress"
+SERVER_SCORE_CACHE_ENTRIES = 1_000_000  # qrank serve's default (--score-cache-entries)
 
 
 class NoReplicaError(QueueFullError):
@@ -282,6 +283,7 @@ def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None
     if engine_args is None:
         if model is None:
             raise ValueError("give the model (model=...) or engine_args")
+        engine_kwargs.setdefault("score_cache_entries", SERVER_SCORE_CACHE_ENTRIES)
         engine_args = EngineArgs(model=model, **engine_kwargs)
     engine_args = replace(engine_args, data_parallel_size=1,
                           threads=engine_args.threads or max(1, int(num_cpus_per_replica)))
