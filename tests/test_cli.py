@@ -135,3 +135,24 @@ def test_a_hub_id_without_network_says_what_to_do(tmp_path):
                            "q", "d"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert "Hugging Face cache" in proc.stderr and "local directory" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-file", "in.jsonl", "-o", "out.parquet", "--model", "m", "--ray"],
+    ["serve", "m", "--data-parallel-size", "2", "--data-parallel-backend", "ray"],
+], ids=["score-file", "serve"])
+def test_ray_flags_without_ray_name_the_extra(monkeypatch, capsys, argv):
+    from qrank.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    for name in [m for m in sys.modules if m == "qrank.ray" or m.startswith("qrank.ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(argv) == 1
+    assert "pip install 'qrank[ray]'" in capsys.readouterr().err
+
+
+def test_serve_data_parallel_needs_the_ray_backend(capsys):
+    from qrank.cli import main
+
+    assert main(["serve", "m", "--data-parallel-size", "2"]) == 1
+    assert "--data-parallel-backend ray" in capsys.readouterr().err
