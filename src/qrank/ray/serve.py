@@ -339,3 +339,24 @@ def serve_command(ns: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def app_from_env() -> serve.Application:
+    """The application configured by environment variables (``qrank.ray.entry:app``):
+    QRANK_MODEL (required), QRANK_REPLICAS, QRANK_MIN_REPLICAS, QRANK_MAX_REPLICAS,
+    QRANK_CPUS_PER_REPLICA, QRANK_DTYPE, QRANK_API_KEY, QRANK_SERVED_MODEL_NAME."""
+    env = os.environ
+    model = env.get("QRANK_MODEL")
+    if not model:
+        raise ValueError("set QRANK_MODEL to the model directory or Hub id")
+
+    def number(name: str, cast=int):
+        return cast(env[name]) if env.get(name) else None
+
+    settings = ServerSettings(served_model_names=[env.get("QRANK_SERVED_MODEL_NAME") or model],
+                              api_key=env.get("QRANK_API_KEY") or None)
+    return build_app(model, settings=settings, dtype=env.get("QRANK_DTYPE", "auto"),
+                     num_replicas=number("QRANK_REPLICAS") or 1,
+                     min_replicas=number("QRANK_MIN_REPLICAS"),
+                     max_replicas=number("QRANK_MAX_REPLICAS"),
+                     num_cpus_per_replica=number("QRANK_CPUS_PER_REPLICA", float) or 1.0)
