@@ -275,11 +275,18 @@ def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None
               min_replicas: int | None = None, max_replicas: int | None = None,
               num_cpus_per_replica: float = 1.0, max_ongoing_requests: int = 64,
               max_queued_pairs: int = 100_000, load_factor: float = 1.5,
+              ingress_replicas: int = 1, routing: str = "affinity",
               **engine_kwargs: Any) -> serve.Application:
     """The qrank application for Ray Serve: ``num_replicas`` engines (or between
     ``min_replicas`` and ``max_replicas``, autoscaled on ongoing requests) behind one
     ingress serving the plain server's routes. For ``serve.run``, ``serve run module:app``
-    and a KubeRay ``RayService``'s import path."""
+    and a KubeRay ``RayService``'s import path.
+
+    ``ingress_replicas`` ingresses tokenize and route (their affinity hashing agrees, so a
+    query keeps its replica whichever ingress takes it). ``routing="power-of-two"`` uses Ray
+    Serve's default router instead of query affinity (for comparison)."""
+    if routing not in ("affinity", "power-of-two"):
+        raise ValueError(f"routing must be 'affinity' or 'power-of-two', not {routing!r}")
     if engine_args is None:
         if model is None:
             raise ValueError("give the model (model=...) or engine_args")
@@ -296,17 +303,18 @@ def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None
             min_replicas=low, max_replicas=high, initial_replicas=max(low, min(num_replicas,
                                                                                high)),
             target_ongoing_requests=max(1, max_ongoing_requests // 2))}
-    router = RequestRouterConfig(request_router_class=QueryAffinityRouter,
-                                 request_router_kwargs={"load_factor": load_factor})
+    if routing == "affinity":
+        scaling["request_router_config"] = RequestRouterConfig(
+            request_router_class=QueryAffinityRouter,
+            request_router_kwargs={"load_factor": load_factor})
     replica = serve.deployment(EngineReplica, name=ENGINE_DEPLOYMENT,
                                ray_actor_options={"num_cpus": num_cpus_per_replica},
-                               max_ongoing_requests=max_ongoing_requests,
-                               request_router_config=router, **scaling)
+                               max_ongoing_requests=max_ongoing_requests, **scaling)
     args = asdict(engine_args)
     ingress = serve.deployment(
         serve.ingress(_ingress_builder(args, settings, max_queued_pairs))(),
         name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=10_000)
+        num_replicas=ingress_replicas, max_ongoing_requests=10_000)
     return ingress.bind(replica.bind(args, max_queued_pairs))
 
 
@@ -344,7 +352,8 @@ def serve_command(ns: argparse.Namespace) -> int:
 def app_from_env() -> serve.Application:
     """The application configured by environment variables (``qrank.ray.entry:app``):
     QRANK_MODEL (required), QRANK_REPLICAS, QRANK_MIN_REPLICAS, QRANK_MAX_REPLICAS,
-    QRANK_CPUS_PER_REPLICA, QRANK_DTYPE, QRANK_API_KEY, QRANK_SERVED_MODEL_NAME."""
+    QRANK_CPUS_PER_REPLICA, QRANK_INGRESS_REPLICAS, QRANK_DTYPE, QRANK_API_KEY,
+    QRANK_SERVED_MODEL_NAME."""
     env = os.environ
     model = env.get("QRANK_MODEL")
     if not model:
@@ -359,4 +368,5 @@ def app_from_env() -> serve.Application:
                      num_replicas=number("QRANK_REPLICAS") or 1,
                      min_replicas=number("QRANK_MIN_REPLICAS"),
                      max_replicas=number("QRANK_MAX_REPLICAS"),
-                     num_cpus_per_replica=number("QRANK_CPUS_PER_REPLICA", float) or 1.0)
+                     num_cpus_per_replica=number("QRANK_CPUS_PER_REPLICA", float) or 1.0,
+                     ingress_replicas=number("QRANK_INGRESS_REPLICAS") or 1)
