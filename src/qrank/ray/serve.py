@@ -331,7 +331,7 @@ def serve_command(ns: argparse.Namespace) -> int:
                     num_replicas=ns.data_parallel_size, min_replicas=ns.min_replicas,
                     max_replicas=ns.max_replicas,
                     num_cpus_per_replica=ns.num_cpus_per_replica,
-                    max_queued_pairs=ns.max_queued_pairs)
+                    max_queued_pairs=ns.max_queued_pairs, routing=ns.ray_routing)
     connect(ns.ray_address)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # shut Serve down on SIGTERM too
     serve.start(http_options={"host": ns.host, "port": ns.port})

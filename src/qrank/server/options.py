@@ -44,6 +44,9 @@ def add_server_arguments(parser: argparse.ArgumentParser,
     r.add_argument("--min-replicas", type=int, default=None,
                    help="with --max-replicas: Ray Serve autoscales on ongoing requests")
     r.add_argument("--max-replicas", type=int, default=None, help="see --min-replicas")
+    r.add_argument("--ray-routing", choices=["affinity", "power-of-two"], default="affinity",
+                   help="affinity: a query's requests go to one replica while it is not "
+                        "overloaded; power-of-two: Ray Serve's default (for comparison)")
     r.add_argument("--num-cpus-per-replica", type=float, default=1.0,
                    help="CPUs Ray reserves for each replica (its torch threads unless "
                         "--threads)")
