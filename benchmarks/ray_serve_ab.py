@@ -7,7 +7,8 @@ Starts, one after the other: `qrank serve MODEL --threads 2` (plain), the same a
 power-of-two). On each: `qrank bench serve` random-rerank (one query, many documents),
 distinct queries (every request its own query), repeated queries (each query sent 6 times
 with other documents, shuffled: prefix-cache hits per request) and 1-document requests one at
-a time (latency: the Ray ingress's added cost per request is the difference with plain).
+a time (latency: the Ray ingress's added cost per request is the difference with plain;
+GET /version, which no engine answers, splits it into the HTTP proxy's and the replica hop's).
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ def bench_serve(model: str, port: int) -> dict:
         subprocess.run([sys.executable, "-m", "qrank.cli", "bench", "serve", "--model", model,
                         "--tokenizer", model, "--dataset-name", "random-rerank",
                         "--random-input-len", "256", "--random-batch-size", "16",
-                        "--num-prompts", "40", "--max-concurrency", "4", "--port", str(port),
+                        "--num-prompts", "640", "--max-concurrency", "4", "--port", str(port),
                         "--disable-tqdm", "--save-result", "--result-dir", tmp,
                         "--result-filename", "r.json"], check=True, capture_output=True)
         r = json.loads((Path(tmp) / "r.json").read_text())
-    return {k: r[k] for k in r if k in ("duration", "request_throughput", "mean_e2el_ms")}
+    out = {k: r[k] for k in r if k in ("duration", "completed", "failed", "mean_e2el_ms")}
+    out["pairs_per_s"] = 640 / r["duration"]
+    return out
 
 
 def run(model: str, label: str, args: list[str]) -> dict:
@@ -96,8 +99,15 @@ def run(model: str, label: str, args: list[str]) -> dict:
                 start = time.perf_counter()
                 c.post("/v1/rerank", json={**one, "query": f"latency {i}"}).raise_for_status()
                 lat.append(time.perf_counter() - start)
+            ver = []
+            for _ in range(40):
+                start = time.perf_counter()
+                c.get("/version").raise_for_status()
+                ver.append(time.perf_counter() - start)
         lat.sort()
+        ver.sort()
         out["one_doc_latency_ms_median"] = 1000 * lat[len(lat) // 2]
+        out["version_latency_ms_median"] = 1000 * ver[len(ver) // 2]  # HTTP path, no engine
         return out
     finally:
         srv.terminate(120)
