@@ -15,7 +15,7 @@ def test_affinity_choice_is_consistent_and_load_bounded():
     from qrank.ray.router import choose, rendezvous_order
 
     ids = ["a", "b", "c", "d"]
-    firsts = {k: choose(k, ids, [0, 0, 0, 0], 1.5)[0] for k in range(200)}
+    firsts = {k: choose(k, ids, [0, 0, 0, 0], 1.25)[0] for k in range(200)}
     assert all(len(f) == 1 for f in firsts.values())
     assert len({f[0] for f in firsts.values()}) == 4  # keys spread over every replica
     # a replica leaving moves only its own keys
@@ -25,8 +25,9 @@ def test_affinity_choice_is_consistent_and_load_bounded():
             assert ["a", "c", "d"][order[0]] == ids[top]
     # an overloaded replica is passed over for the least-loaded one (the second rank)
     k = next(k for k, f in firsts.items() if f == [0])
-    assert choose(k, ids, [9, 1, 1, 1], 1.5) == ([], [0, 1, 2, 3])
-    assert choose(k, ids, [2, 1, 1, 1], 1.5)[0] == [0]
+    assert choose(k, ids, [3, 1, 1, 1], 1.25) == ([], [0, 1, 2, 3])  # 4 > ceil(1.25 * 7 / 4)
+    assert choose(k, ids, [1, 1, 1, 1], 1.25)[0] == [0]  # 2 <= ceil(1.25 * 5 / 4)
+    assert choose(k, ["a", "b"], [3, 0], 1.25)[0] == []  # one hot query spreads
 
 
 def test_a_query_keeps_its_replica(ray_server):

@@ -274,7 +274,7 @@ def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None
               settings: ServerSettings | None = None, num_replicas: int = 1,
               min_replicas: int | None = None, max_replicas: int | None = None,
               num_cpus_per_replica: float = 1.0, max_ongoing_requests: int = 64,
-              max_queued_pairs: int = 100_000, load_factor: float = 1.5,
+              max_queued_pairs: int = 100_000, load_factor: float = 1.25,
               ingress_replicas: int = 1, routing: str = "affinity",
               **engine_kwargs: Any) -> serve.Application:
     """The qrank application for Ray Serve: ``num_replicas`` engines (or between
