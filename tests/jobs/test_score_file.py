@@ -124,7 +124,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_model, capsys):
 
 
 def test_killed_midway_and_restarted_writes_every_row_once(tmp_path, tiny_model, llm):
-    data = rows(60)
+    data = rows(30)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     parts = tmp_path / "out.jsonl.parts"
     write_jsonl(src, data)
@@ -141,11 +141,11 @@ def test_killed_midway_and_restarted_writes_every_row_once(tmp_path, tiny_model,
     assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
     assert not out.exists()  # no partial output
     finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
-    assert 2 <= len(finished) < 20
+    assert 2 <= len(finished) < 10
 
     summary = score_file(*argv)
     assert summary["parts_skipped"] >= len(finished)
-    assert summary["rows_scored"] == 60 - 3 * summary["parts_skipped"]
+    assert summary["rows_scored"] == 30 - 3 * summary["parts_skipped"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(x["id"] for x in lines) == sorted(r["id"] for r in data)  # each row once
     want = expected(llm, data)
