@@ -84,11 +84,12 @@ def write_dataset(ds: ray.data.Dataset, path: str, fmt: str) -> None:
         ds.write_json(path)
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, log_to_driver: bool = False) -> None:
     """Join the cluster at ``address`` (``auto``: the running one), or start a local one;
-    nothing when this process is connected already."""
+    nothing when this process is connected already. ``log_to_driver``: show the workers'
+    logs here."""
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver)
 
 
 def score_file_command(ns: argparse.Namespace) -> int:

@@ -332,7 +332,7 @@ def serve_command(ns: argparse.Namespace) -> int:
                     max_replicas=ns.max_replicas,
                     num_cpus_per_replica=ns.num_cpus_per_replica,
                     max_queued_pairs=ns.max_queued_pairs, routing=ns.ray_routing)
-    connect(ns.ray_address)
+    connect(ns.ray_address, log_to_driver=True)  # the replicas' logs and errors show here
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # shut Serve down on SIGTERM too
     serve.start(http_options={"host": ns.host, "port": ns.port})
     serve.run(app, name="qrank", route_prefix="/")
