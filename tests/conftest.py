@@ -49,3 +49,42 @@ def model_factory(tmp_path_factory):
 def tiny_model(model_factory) -> Path:
     """The original-format tiny reranker (tied embeddings), float32 weights."""
     return model_factory()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session (2 CPUs), or skip: Ray is an extra."""
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("Ray is not installed: pip install 'qrank[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+class RayServed:
+    """The Ray Serve application, seen as tests see a `qrank serve` process: its URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture(scope="session")
+def ray_server(ray_cluster, tiny_model):
+    """The tiny model served by 2 Ray Serve replicas (a quarter CPU, one thread each) behind
+    the ingress, on the session's Ray cluster, with the plain `server` fixture's names."""
+    from ray import serve
+    from serving import free_port
+
+    from qrank.ray import build_app
+    from qrank.server.app import ServerSettings
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app(str(tiny_model), dtype="float32", threads=1, num_replicas=2,
+                    num_cpus_per_replica=0.25,
+                    settings=ServerSettings(["tiny-reranker", "qwen3-reranker"]))
+    serve.run(app, name="qrank", route_prefix="/")
+    yield RayServed(f"http://127.0.0.1:{port}")
+    serve.shutdown()

@@ -56,8 +56,8 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert "no such directory" in proc.stderr
 
 
-HELP_COMMANDS = [[], ["serve"], ["score"], ["bench", "serve"], ["bench", "throughput"],
-                 ["make-test-model"]]
+HELP_COMMANDS = [[], ["serve"], ["score"], ["score-file"], ["bench", "serve"],
+                 ["bench", "throughput"], ["make-test-model"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "qrank")
@@ -158,3 +158,24 @@ def test_make_test_model_st_layout_flag(tmp_path, tokenizer_dir):
     ns = build_parser().parse_args(["make-test-model", str(tmp_path), "--tokenizer",
                                     str(tokenizer_dir), "--layout", "st"])
     assert ns.layout == "st"
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-file", "in.jsonl", "-o", "out.parquet", "--model", "m", "--ray"],
+    ["serve", "m", "--data-parallel-size", "2", "--data-parallel-backend", "ray"],
+], ids=["score-file", "serve"])
+def test_ray_flags_without_ray_name_the_extra(monkeypatch, capsys, argv):
+    from qrank.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    for name in [m for m in sys.modules if m == "qrank.ray" or m.startswith("qrank.ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(argv) == 1
+    assert "pip install 'qrank[ray]'" in capsys.readouterr().err
+
+
+def test_serve_data_parallel_needs_the_ray_backend(capsys):
+    from qrank.cli import main
+
+    assert main(["serve", "m", "--data-parallel-size", "2"]) == 1
+    assert "--data-parallel-backend ray" in capsys.readouterr().err

@@ -13,6 +13,8 @@ LOWER = {
     "models": {"kernels"},
     "engine": {"models", "kernels"},
     "server": {"engine", "models", "kernels"},
+    "jobs": {"engine", "models", "kernels"},
+    "ray": {"jobs", "server", "engine", "models", "kernels"},
 }
 
 
@@ -74,3 +76,18 @@ def test_dependencies_point_down(graph, package):
         if bad:
             wrong[name] = sorted(bad)
     assert not wrong, f"{package}/ imports packages above it: {wrong}"
+
+
+def test_only_the_ray_package_imports_ray():
+    """Ray is an extra (`pip install 'qrank[ray]'`): nothing else may need it."""
+    wrong = []
+    for path in SRC.rglob("*.py"):
+        if module_name(path).split(".")[1:2] == ["ray"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                wrong.append(module_name(path))
+    assert not wrong, f"modules outside qrank/ray import ray: {sorted(set(wrong))}"

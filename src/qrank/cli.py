@@ -1,4 +1,5 @@
-"""The ``qrank`` command: serve, score, bench serve, bench throughput, make-test-model."""
+"""The ``qrank`` command: serve, score, score-file, bench serve, bench throughput,
+make-test-model."""
 
 from __future__ import annotations
 
@@ -52,7 +53,32 @@ def cmd_score(ns: argparse.Namespace) -> int:
     return 0
 
 
+def import_ray_extra():
+    """The qrank.ray module, or a ValueError naming the extra to install."""
+    try:
+        import qrank.ray as qray
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
+    return qray
+
+
+def cmd_score_file(ns: argparse.Namespace) -> int:
+    if ns.ray:
+        return import_ray_extra().score_file_command(ns)
+    if ns.ray_address:
+        raise ValueError("--ray-address needs --ray")
+    from qrank.jobs.command import main as score_file_main
+
+    return score_file_main(ns)
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
+    if ns.data_parallel_backend == "ray":
+        return import_ray_extra().serve_command(ns)
+    if ns.data_parallel_size > 1 or ns.min_replicas or ns.max_replicas or ns.ray_address:
+        raise ValueError("qrank serve runs one engine per process: --data-parallel-size > 1, "
+                         "--min-replicas, --max-replicas and --ray-address need "
+                         "--data-parallel-backend ray (pip install 'qrank[ray]')")
     from qrank.server.app import run_server
 
     return run_server(ns)
@@ -125,6 +151,17 @@ examples:
 
 Prints one JSON line per document, best first: index, relevance_score, document."""
 
+SCORE_FILE_EXAMPLES = """\
+examples:
+  qrank score-file pairs.jsonl --output scored.parquet --model Qwen/Qwen3-Reranker-0.6B
+  qrank score-file pairs.csv -o scored.csv --model models/tiny --id-column id --part-size 5000
+  qrank score-file pairs.parquet -o scored.parquet --model MODEL --ray --concurrency 4
+
+INPUT has a query and a document column (names set by --query-column, --document-column),
+optionally an instruction column. Every row is written with its score. The job keeps its
+finished parts in OUTPUT.parts/: killed and started again with the same --output, it scores
+only what is left, and the output appears, whole, only at the end."""
+
 BENCH_SERVE_EXAMPLES = """\
 example (a server started with `qrank serve MODEL --port 8000`):
   qrank bench serve --model MODEL --backend vllm-rerank --endpoint /v1/rerank \\
@@ -156,6 +193,7 @@ def _command(sub, name: str, help: str, epilog: str, usage: str) -> argparse.Arg
 
 def build_parser() -> argparse.ArgumentParser:
     from qrank.bench.options import add_bench_serve_arguments, add_bench_throughput_arguments
+    from qrank.jobs.options import add_score_file_arguments
     from qrank.server.options import add_server_arguments
 
     parser = Parser(prog="qrank", description=__doc__, epilog=EXAMPLES,
@@ -186,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the task instruction (default: the model card's web search one)")
     add_engine_arguments(score, common)
     score.set_defaults(handler=cmd_score)
+
+    sf = _command(sub, "score-file", "score every (query, document) row of a file, offline",
+                  SCORE_FILE_EXAMPLES, "INPUT --output OUTPUT --model MODEL [flags]")
+    common = sf.add_argument_group("common")
+    add_score_file_arguments(sf, common)
+    add_engine_arguments(sf, common)
+    sf.set_defaults(handler=cmd_score_file)
 
     bench = sub.add_parser("bench", help="benchmarks, as vLLM's bench",
                            description="benchmarks, as vLLM's bench: `qrank bench serve --help`, "

@@ -355,6 +355,9 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             raise APIError(400, str(exc), "documents") from exc
         try:
             scores = await wait_for(future, http, deadline, limit)
+        except QueueFullError as exc:  # an engine that queues elsewhere (Ray replicas)
+            raise APIError(503, f"the server is busy ({exc}); retry shortly",
+                           headers={"Retry-After": "1"}) from exc
         except EngineDeadError as exc:
             raise APIError(503, str(exc)) from exc
         metrics.observe_scored(len(pairs), sum(len(p) for p in pairs))

@@ -65,3 +65,21 @@ def add_server_arguments(parser: argparse.ArgumentParser,
     g.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's own log level")
     g.add_argument("--shutdown-timeout", type=float, default=60.0,
                    help="seconds to finish in-flight requests after SIGTERM")
+    r = parser.add_argument_group("data parallel (Ray Serve: pip install 'qrank[ray]')")
+    r.add_argument("--data-parallel-size", "--data_parallel_size", "-dp", type=int, default=1,
+                   help="engine replicas (more than 1 needs --data-parallel-backend ray)")
+    r.add_argument("--data-parallel-backend", "--data_parallel_backend", "-dpb",
+                   choices=["mp", "ray"], default="mp",
+                   help="ray: the replicas run as Ray Serve deployments behind one ingress; "
+                        "mp: one engine in this process")
+    r.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (auto: the running one; default: start a local one)")
+    r.add_argument("--min-replicas", type=int, default=None,
+                   help="with --max-replicas: Ray Serve autoscales on ongoing requests")
+    r.add_argument("--max-replicas", type=int, default=None, help="see --min-replicas")
+    r.add_argument("--ray-routing", choices=["affinity", "power-of-two"], default="affinity",
+                   help="affinity: a query's requests go to one replica while it is not "
+                        "overloaded; power-of-two: Ray Serve's default (for comparison)")
+    r.add_argument("--num-cpus-per-replica", type=float, default=1.0,
+                   help="CPUs Ray reserves for each replica (its torch threads unless "
+                        "--threads)")

@@ -1,0 +1,1 @@
+"""Offline jobs over files: ``qrank score-file`` (readers and writers, resumable parts)."""
