@@ -338,7 +338,8 @@ def build_app(model: str | None = None, *, engine_args: EngineArgs | None = None
         engine_args = EngineArgs(model=model, **engine_kwargs)
     engine_args = replace(engine_args, data_parallel_size=1,
                           threads=engine_args.threads or max(1, int(num_cpus_per_replica)))
-    settings = settings or ServerSettings(served_model_names=[engine_args.model])
+    settings = replace(settings or ServerSettings(served_model_names=[engine_args.model]),
+                       proxy_request_ids=True)  # Serve's proxy sets and echoes X-Request-Id
     scaling: dict[str, Any] = {"num_replicas": num_replicas}
     if min_replicas is not None or max_replicas is not None:
         low = min_replicas if min_replicas is not None else 1

@@ -93,6 +93,9 @@ class ServerSettings:
     chunk_overlap_tokens: int = DEFAULT_OVERLAP
     max_chunks_per_request: int = 4000
     request_timeout: float | None = None  # seconds; the X-Request-Timeout header may cut it
+    # a proxy in front (Ray Serve's) gives every request an X-Request-Id, the client's or its
+    # own, and sends it back itself: the body's request_id then comes first for the id
+    proxy_request_ids: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -178,6 +181,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     metrics.watch_score_cache(core.score_cache)
     core.on_batch = metrics.observe_batch
     display_name = settings.served_model_names[0]
+    own_ids = settings.proxy_request_ids  # the proxy sends X-Request-Id back, not the app
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -213,7 +217,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                 return response
         response = await call_next(request)
         sent_id = request.headers.get(REQUEST_ID_HEADER)
-        if sent_id and REQUEST_ID_HEADER not in response.headers:
+        if sent_id and REQUEST_ID_HEADER not in response.headers and not own_ids:
             with contextlib.suppress(ValueError):  # a bad one got its 400 from the route
                 response.headers[REQUEST_ID_HEADER] = valid_request_id(sent_id)
         route = request.scope.get("route")
@@ -284,7 +288,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                     overlap=settings.chunk_overlap_tokens if overlap is None else overlap)
 
     def request_id(req: VLLMOptions, request: Request, kind: str) -> str:
-        """The request's id: its X-Request-Id header, else its request_id, else a new one."""
+        """The request's id: its X-Request-Id header, else its request_id, else a new one
+        (behind a proxy that sets the header: request_id first)."""
+        if settings.proxy_request_ids and req.request_id:
+            return req.request_id
         sent = request.headers.get(REQUEST_ID_HEADER)
         if sent is not None:
             try:
@@ -375,8 +382,11 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         except ClientDisconnected:
             if engine.abort(future, "disconnect") is not None:
                 raise APIError(499, "the client closed the request") from None
+        except asyncio.CancelledError:  # a proxy (Ray Serve's) cancels when the client left
+            engine.abort(future, "disconnect")
+            raise
         except BaseException:
-            engine.abort(future, "error")  # this handler failed or was cancelled
+            engine.abort(future, "error")  # this handler failed
             raise
         return await asyncio.wrap_future(future)  # it finished just as it was given up
 
@@ -414,7 +424,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         if not req.return_documents:
             for r in body["results"]:
                 del r["document"]
-        return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
+        return JSONResponse(body, headers=None if own_ids else {REQUEST_ID_HEADER: rid})
 
     @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
@@ -439,7 +449,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         pair_scores, cached = await score(pairs, http, limit, req.priority, req.use_activation)
         best = best_windows(windows, pair_scores)
         tokens = sum(len(p) for p in pairs)
-        response.headers[REQUEST_ID_HEADER] = rid
+        if not own_ids:
+            response.headers[REQUEST_ID_HEADER] = rid
         return ScoreResponse(
             id=rid, model=req.model or display_name,
             data=[ScoreData(index=i, score=s, chunk=chunk_info(c))
