@@ -387,6 +387,18 @@ class _Request:
                                else self.scores)
 
 
+def new_future(pairs: list[PairTokens], max_queued_pairs: int) -> ScoreFuture:
+    """The Future of a request's scores: already done when it has no pairs; ValueError when
+    it has more than an engine queues."""
+    future = ScoreFuture()
+    if not pairs:
+        future.set_result([])
+    elif len(pairs) > max_queued_pairs:
+        raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
+                         f"{max_queued_pairs}: split the request")
+    return future
+
+
 class AsyncEngine:
     """Runs an :class:`Engine` in a worker thread; requests submitted from any thread are
     batched together under ``policy`` (:mod:`qrank.engine.scheduler`) and each gets a Future
@@ -429,13 +441,9 @@ class AsyncEngine:
         (``use_activation`` False: their logits). Pairs the score cache holds are answered at
         once and never queued. ``priority`` counts under the ``priority`` policy (lower
         first)."""
-        future = ScoreFuture()
-        if not pairs:
-            future.set_result([])
+        future = new_future(pairs, self.max_queued_pairs)
+        if future.done():
             return future
-        if len(pairs) > self.max_queued_pairs:
-            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
-                             f"{self.max_queued_pairs}: split the request")
         cache = self.engine.score_cache
         scores = [0.0] * len(pairs)
         keys = None

@@ -36,6 +36,7 @@ from qrank.engine.engine import (
     EngineDeadError,
     QueueFullError,
     ScoreFuture,
+    new_future,
 )
 from qrank.models.loader import (
     find_tokenizer_file,
@@ -192,13 +193,9 @@ class ReplicaPool:
 
     def submit(self, pairs: list[PairTokens], use_activation: bool = True,
                priority: int = 0) -> ScoreFuture:
-        future = ScoreFuture()
-        if not pairs:
-            future.set_result([])
+        future = new_future(pairs, self.max_queued_pairs)
+        if future.done():
             return future
-        if len(pairs) > self.max_queued_pairs:
-            raise ValueError(f"{len(pairs)} pairs in one request; the engine queues at most "
-                             f"{self.max_queued_pairs}: split the request")
         if self._stopping:
             raise EngineDeadError("the server is shutting down")
         if self.running == 0:
