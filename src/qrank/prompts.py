@@ -84,12 +84,17 @@ class BuiltinTemplate:
         return render_pairs(query, documents, instruction)
 
 
-def is_preformatted(query: str, documents: list[str]) -> bool:
-    """True when the client already applied the template (as the vLLM recipe does).
+def already_rendered(template: ScoreTemplate | type[BuiltinTemplate], query: str,
+                     documents: list[str]) -> bool:
+    """True when the client already applied ``template`` (as the vLLM recipe does): the query
+    starts with its prefix and every document ends with its suffix."""
+    return (bool(template.prefix) and query.startswith(template.prefix)
+            and all(d.endswith(template.suffix) for d in documents))
 
-    The query must start with the system prefix and every document must end with the suffix.
-    """
-    return query.startswith(SYSTEM_PREFIX) and all(d.endswith(SUFFIX) for d in documents)
+
+def is_preformatted(query: str, documents: list[str]) -> bool:
+    """True when the client already applied the built-in template (:func:`already_rendered`)."""
+    return already_rendered(BuiltinTemplate, query, documents)
 
 
 def render_query_body(query: str, instruction: str | None) -> str:

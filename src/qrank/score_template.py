@@ -28,7 +28,7 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from qrank.prompts import PromptPair
+from qrank.prompts import PromptPair, already_rendered
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ class JinjaTemplate:
 
         Inputs a client already rendered with this template (the query starts with its prefix,
         every document ends with its suffix) pass through, as with the built-in template."""
-        if (self.prefix and query.startswith(self.prefix)
-                and all(d.endswith(self.suffix) for d in documents)):
+        if already_rendered(self, query, documents):
             return [PromptPair(query, d[: len(d) - len(self.suffix)], self.suffix)
                     for d in documents]
         before, suffix = self._split(query, instruction, chat_template_kwargs)

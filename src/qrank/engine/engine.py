@@ -23,7 +23,7 @@ from qrank.kernels.build import find_compiler
 from qrank.models.heads import sigmoid_scores
 from qrank.models.qwen3 import PrefixKV, SeqGroup
 from qrank.models.registry import load_model
-from qrank.prompts import PromptPair
+from qrank.prompts import PromptPair, already_rendered
 from qrank.tokenize import PairTokens
 from qrank.windows import DEFAULT_OVERLAP, DocTokens, encode_docs
 
@@ -175,15 +175,10 @@ class Engine:
                 ) -> list[PromptPair]:
         """The prompt pairs of one query's documents, the query first cut to
         ``max_query_tokens`` unless the client already applied the template."""
-        if max_query_tokens is not None and not self._rendered(query, documents):
+        if max_query_tokens is not None and not already_rendered(self.template, query,
+                                                                documents):
             query = self.tokenizer.cut_text(query, max_query_tokens)
         return self.template.render(query, documents, instruction, chat_template_kwargs)
-
-    def _rendered(self, query: str, documents: list[str]) -> bool:
-        """True when the client already applied the score template to the inputs."""
-        t = self.template
-        return bool(t.prefix) and query.startswith(t.prefix) and all(
-            d.endswith(t.suffix) for d in documents)
 
     # ---- compute ------------------------------------------------------------------------
     def make_scheduler(self, policy: str = "fcfs") -> Scheduler:
