@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,19 +140,25 @@ class RerankTokenizer:
             raise ValueError(f"truncation_side must be 'left' or 'right', not {truncation_side!r}")
         if not pairs:
             return []
-        bodies = [p.doc_body for p in pairs]
-        body_ids = [e.ids for e in self.tokenizer.encode_batch(bodies, add_special_tokens=False)]
-        if max_doc_tokens is not None:
-            body_ids = [ids[: self.doc_label_len + max_doc_tokens] for ids in body_ids]
+        body_ids = [e.ids for e in self.tokenizer.encode_batch([p.doc_body for p in pairs],
+                                                               add_special_tokens=False)]
+        return [self.fit(shared, ids, max_length, truncate, head, suffix, truncation_side)
+                for shared, ids, head, suffix in self.pieces(pairs, body_ids, max_doc_tokens)]
+
+    def pieces(self, pairs: list[PromptPair], body_ids: list[list[int]],
+               max_doc_tokens: int | None = None
+               ) -> Iterator[tuple[tuple[int, ...], list[int], int, tuple[int, ...]]]:
+        """Per pair, what :meth:`fit` assembles: its query-side ids, its body's ids
+        (``body_ids``, cut to ``max_doc_tokens`` of document), its head length and its
+        suffix ids."""
         heads: dict[str, int] = {}  # per query side: a query's documents share it
-        out = []
         for p, ids in zip(pairs, body_ids, strict=True):
             shared = self.encode_query_side(p.query_side)
             if p.query_side not in heads:
                 heads[p.query_side] = self.head_length(p.query_side, shared, p.head_chars)
-            out.append(self.fit(shared, ids, max_length, truncate, heads[p.query_side],
-                                self.suffix_of(p), truncation_side))
-        return out
+            if max_doc_tokens is not None:
+                ids = ids[: self.doc_label_len + max_doc_tokens]
+            yield shared, ids, heads[p.query_side], self.suffix_of(p)
 
     def suffix_of(self, pair: PromptPair) -> tuple[int, ...]:
         """The ids that end ``pair``: the template's suffix, or the pair's own."""

@@ -87,21 +87,14 @@ def encode_docs(tok: RerankTokenizer, pairs: list[PromptPair], max_length: int,
                 for p in tok.encode_pairs(pairs, max_length, truncate, max_doc_tokens,
                                           truncation_side)]
     encodings = tok.tokenizer.encode_batch([p.doc_body for p in pairs], add_special_tokens=False)
-    heads: dict[str, int] = {}
+    pieces = tok.pieces(pairs, [e.ids for e in encodings], max_doc_tokens)
     out = []
-    for p, enc in zip(pairs, encodings, strict=True):
-        shared = tok.encode_query_side(p.query_side)
-        if p.query_side not in heads:
-            heads[p.query_side] = tok.head_length(p.query_side, shared, p.head_chars)
-        suffix = tok.suffix_of(p)
-        ids = enc.ids
-        if max_doc_tokens is not None:
-            ids = ids[: tok.doc_label_len + max_doc_tokens]
+    for p, enc, (shared, ids, head, suffix) in zip(pairs, encodings, pieces, strict=True):
         if p.doc_span is None or len(shared) + len(ids) + len(suffix) <= max_length:
-            out.append(DocTokens((tok.fit(shared, ids, max_length, truncate,
-                                          heads[p.query_side], suffix, truncation_side),)))
+            out.append(DocTokens((tok.fit(shared, ids, max_length, truncate, head, suffix,
+                                          truncation_side),)))
             continue
-        splitter = _Splitter(tok, p, enc, shared, heads[p.query_side], max_length, suffix)
+        splitter = _Splitter(tok, p, enc, shared, head, max_length, suffix)
         out.append(splitter.split(max_doc_tokens, max_chunks, overlap, truncate))
     return out
 
