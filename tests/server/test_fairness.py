@@ -158,21 +158,23 @@ def policy_servers(tiny_model, tmp_path_factory):
             srv.terminate()
 
 
+async def send(c: httpx.AsyncClient, order: list[str], name: str, body: dict) -> None:
+    """POST a rerank request; note ``name`` in ``order`` when its 200 comes back."""
+    r = await c.post("/v1/rerank", json=body)
+    assert r.status_code == 200, r.text
+    order.append(name)
+
+
 def finish_order(url: str, first: dict, *later: tuple[str, dict]) -> list[str]:
     """Send ``first``, then the ``later`` ones one by one, each once the one before waits in
     the queue; the names in the order their answers came back (each must be a 200)."""
     order: list[str] = []
 
-    async def send(c, name, body):
-        r = await c.post("/v1/rerank", json=body)
-        assert r.status_code == 200, r.text
-        order.append(name)
-
     async def run():
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
             tasks = []
             for n, (name, body) in enumerate([("first", first), *later], start=1):
-                tasks.append(asyncio.create_task(send(c, name, body)))
+                tasks.append(asyncio.create_task(send(c, order, name, body)))
                 await until_queued(c, n)
             await asyncio.gather(*tasks)
 
@@ -193,11 +195,6 @@ def test_priority_orders_two_queued_requests(policy_servers):
     tag = uuid.uuid4().hex
     order: list[str] = []
 
-    async def send(c, name, body):
-        r = await c.post("/v1/rerank", json=body)
-        assert r.status_code == 200, r.text
-        order.append(name)
-
     async def run():
         # a bulk request of the lowest priority value holds the engine until its client leaves
         blocker = open_request(srv.url, {"query": f"{tag} bulk", "priority": -1,
@@ -208,7 +205,7 @@ def test_priority_orders_two_queued_requests(policy_servers):
             for n, (name, priority) in enumerate([("sent first", 5), ("sent second", 1)]):
                 body = {"query": f"{tag} {name}", "documents": docs(tag + name, 10, 30),
                         "priority": priority}
-                tasks.append(asyncio.create_task(send(c, name, body)))
+                tasks.append(asyncio.create_task(send(c, order, name, body)))
                 await until_queued(c, n + 2)
             blocker.close()
             await asyncio.gather(*tasks)
