@@ -332,6 +332,10 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                                 f"--scheduling-policy priority; this one schedules "
                                 f"{engine.policy}", "priority")
 
+    def busy(exc: QueueFullError) -> APIError:
+        return APIError(503, f"the server is busy ({exc}); retry shortly",
+                        headers={"Retry-After": "1"})
+
     def timed_out(limit: float) -> APIError:
         return APIError(504, f"the request did not finish within its time limit of {limit:g} s "
                              f"({TIMEOUT_HEADER} or --request-timeout); its waiting pairs were "
@@ -354,8 +358,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             future = await run_in_threadpool(engine.submit, pairs, use_activation is not False,
                                               priority)
         except QueueFullError as exc:
-            raise APIError(503, f"the server is busy ({exc}); retry shortly",
-                           headers={"Retry-After": "1"}) from exc
+            raise busy(exc) from exc
         except EngineDeadError as exc:
             raise APIError(503, str(exc)) from exc
         except ValueError as exc:
@@ -363,8 +366,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         try:
             scores = await wait_for(future, http, deadline, limit)
         except QueueFullError as exc:  # an engine that queues elsewhere (Ray replicas)
-            raise APIError(503, f"the server is busy ({exc}); retry shortly",
-                           headers={"Retry-After": "1"}) from exc
+            raise busy(exc) from exc
         except EngineDeadError as exc:
             raise APIError(503, str(exc)) from exc
         metrics.observe_scored(len(pairs), sum(len(p) for p in pairs))
