@@ -16,18 +16,21 @@ Which request's pair goes next is the policy (``--scheduling-policy``):
 ``fcfs``
     first come, first served: a request's pairs all go before the next request's.
 ``fair`` (the server's default)
-    start-time fair queuing by tokens, the token-exact form of deficit round-robin. Each
-    waiting request carries a virtual clock, its *tag*: the tokens it has been served, counted
-    from where it started. The next pair always comes from the request with the smallest tag
-    (the earlier arrival on a tie), and taking it advances that tag by the tokens the pair
-    costs the batch. The virtual time is the largest tag a pair was taken at. A request that
-    arrives starts one batch budget (``max_num_batched_tokens``) before it: it may take up to
-    one whole batch before it shares, and then shares equally with every request waiting, so
-    it is never owed more than that for the time before it came. A request that fits in a
-    batch is so done in the next batch, whatever is queued ahead of it; requests that stay
-    share each batch by tokens, about ``1/k`` each when ``k`` wait. In deficit round-robin
-    terms: a quantum of one token a round, and a newcomer's deficit counter starts at one
-    batch; no request that has had its start runs ahead of another by more than one pair.
+    start-time fair queuing by tokens, the token-exact form of deficit round-robin, with
+    requests ordered by when their next batch would end. Each waiting request carries a virtual
+    clock, its *tag*: the tokens it has been served, counted from where it started. Taking a
+    pair advances its request's tag by the tokens the pair costs the batch; the virtual time is
+    the largest tag a pair was taken at. A request that arrives starts one batch budget
+    (``max_num_batched_tokens``) before the virtual time: it may take up to one whole batch
+    before it shares, so it is never owed more than that for the time before it came. The next
+    pair comes from the request whose *next batch* would end first in virtual time: the
+    smallest ``tag + min(tokens left, budget)`` (the earlier arrival on a tie). Requests with
+    more than a batch left are so ordered by their tags alone and share each batch by tokens,
+    about ``1/k`` each when ``k`` wait; a request that fits in one batch finishes ahead of any
+    newcomer that does not, so it is done in the next batch whatever is queued ahead of it or
+    arrives with it (ordering by start tags alone, two newcomers would share that batch pair
+    for pair). In deficit round-robin terms: a quantum of one token a round, and a newcomer's
+    deficit counter starts at one batch.
 ``priority``
     vLLM's: the lowest ``priority`` value first; requests of equal priority share as ``fair``
     (each priority level keeps its own virtual time).
@@ -100,6 +103,7 @@ class _Waiting:
     priority: int
     seq: int  # arrival order
     tag: int  # virtual start time of its next pair (fair, priority)
+    left: int = 0  # tokens still to compute, estimated as if no prefix were cached
     groups: OrderedDict[Hashable, deque[WorkItem]] = field(default_factory=OrderedDict)
     count: int = 0
 
@@ -171,13 +175,21 @@ class Scheduler:
             level = priority if self.policy == "priority" else 0
             waiting = self._waiting[request] = _Waiting(
                 request, level, next(self._arrivals), self._vtime.get(level, 0) - self._credit)
-            self._push(waiting)
+            if self.policy == "fcfs":
+                self._push(waiting)
         for item in items:
             shared, salt = item.tokens.shared, item.tokens.salt
             key = prefix_key(shared, salt) if self.share_prefixes else (shared, id(item))
-            waiting.groups.setdefault(key, deque()).append(item)
+            queue = waiting.groups.get(key)
+            if queue is None:
+                queue = waiting.groups[key] = deque()
+                waiting.left += len(shared)  # a new query side computes its prefix once
+            queue.append(item)
+            waiting.left += len(item.tokens.own)
         waiting.count += len(items)
         self._num_pending += len(items)
+        if self.policy != "fcfs":
+            self._push(waiting)  # its order moved with what it has left; the old entry is stale
 
     def remove(self, request: Hashable) -> int:
         """Drop a request's waiting pairs (cancelled, failed, past its deadline); returns how
@@ -193,9 +205,10 @@ class Scheduler:
     def _order(self, w: _Waiting) -> tuple:
         if self.policy == "fcfs":
             return (w.seq,)
+        finish = w.tag + min(w.left, self._credit)  # where its next batch would end
         if self.policy == "fair":
-            return (w.tag, w.seq)
-        return (w.priority, w.tag, w.seq)
+            return (finish, w.seq)
+        return (w.priority, finish, w.seq)
 
     def _push(self, w: _Waiting) -> None:
         heapq.heappush(self._heap, (self._order(w), next(self._pushes), w.request))
@@ -272,6 +285,7 @@ class Scheduler:
         if self.policy != "fcfs":
             self._vtime[w.priority] = max(self._vtime.get(w.priority, w.tag), w.tag)
             w.tag += cost
+            w.left = max(w.left - cost, 0)
         if not w.count:
             heapq.heappop(self._heap)
             del self._waiting[w.request]
