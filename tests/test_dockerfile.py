@@ -1,8 +1,11 @@
 """The Dockerfile, read as text (no docker needed): its commands are the README's, its flags
-exist, and what it copies is in the repo and not ignored by .dockerignore."""
+exist, and what it copies is in the repo and not ignored by .dockerignore. The same for the
+other recipes: the systemd unit and the Kubernetes Deployment in docs/deployment.md and
+deploy/rayservice.yaml run commands, ports and variables qrank has."""
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import re
@@ -10,6 +13,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
+from doc_blocks import blocks
 
 from qrank.cli import build_parser
 
@@ -17,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 README = ROOT / "README.md"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+DEPLOYMENT = ROOT / "docs" / "deployment.md"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -108,3 +114,72 @@ def test_copied_files_exist_and_are_not_ignored():
     copied = {w for args in copies for w in shlex.split(args)}
     # pip install . needs the project file, the README it names, and the sources
     assert {"pyproject.toml", "README.md", "src"} <= copied
+
+
+def serve_args(argv: list[str]) -> argparse.Namespace:
+    """``qrank serve`` parsed as the CLI does (unknown flags are an error there)."""
+    ns, extra = build_parser().parse_known_args(["serve", *argv])
+    assert not extra, f"qrank serve does not take {extra}"
+    return ns
+
+
+def default_shutdown_timeout() -> float:
+    return serve_args(["m"]).shutdown_timeout
+
+
+def test_the_systemd_unit_runs_qrank_serve_with_flags_it_has():
+    (unit,) = blocks(DEPLOYMENT, "ini")
+    keys: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            keys.setdefault(key, []).append(value)
+    (exec_start,) = keys["ExecStart"]
+    binary, *argv = shlex.split(exec_start)
+    assert binary.endswith("/bin/qrank") and argv[0] == "serve"
+    ns = serve_args(argv[1:])
+    assert (ns.host, ns.port) == ("0.0.0.0", 8000)
+    env = dict(v.split("=", 1) for v in keys["Environment"])
+    assert set(env) <= {"QRANK_API_KEY", "QRANK_KERNEL_CACHE", "HF_HOME"}, env
+    cache = "/var/cache/" + keys["CacheDirectory"][0]
+    assert all(v.startswith(cache + "/") for k, v in env.items() if k != "QRANK_API_KEY"), (
+        "the caches lie in the CacheDirectory systemd creates for User=")
+    assert keys["KillSignal"] == ["SIGTERM"]
+    assert float(keys["TimeoutStopSec"][0]) > default_shutdown_timeout()
+
+
+def test_the_kubernetes_deployment_passes_serve_flags_to_the_image():
+    (manifest,) = blocks(DEPLOYMENT, "yaml")
+    pod = yaml.safe_load(manifest)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    entry = exec_form("ENTRYPOINT")
+    assert "command" not in container, "the image's entry point runs qrank serve"
+    ns = serve_args([*entry[2:], *container["args"]])
+    (port,) = [p["containerPort"] for p in container["ports"]]
+    assert port == ns.port and str(port) in args_of("EXPOSE")[0].split()
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": port}
+    limit = container["resources"]["limits"]["cpu"]
+    assert ns.threads == int(limit), "--threads should be the CPU limit (Sizing threads)"
+    assert pod["terminationGracePeriodSeconds"] > default_shutdown_timeout()
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert any(ns.model.startswith(m + "/") for m in mounts), "the model lies on a volume"
+
+
+def test_the_rayservice_imports_the_entry_app_with_variables_it_reads():
+    doc = yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
+    assert doc["kind"] == "RayService" and doc["apiVersion"] == "ray.io/v1"
+    (app,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    source = (ROOT / "src" / (module.replace(".", "/") + ".py")).read_text()
+    assert re.search(rf"^{name} = ", source, flags=re.M), app["import_path"]
+    read = set(re.findall(r'"(QRANK_[A-Z_]+)"', (ROOT / "src/qrank/ray/serve.py").read_text()))
+    assert set(app["runtime_env"]["env_vars"]) <= read, "variables app_from_env reads"
+    cluster = doc["spec"]["rayClusterConfig"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pinned = re.search(r'"ray\[serve,data\]>=([0-9.]+)"', pyproject).group(1)
+    assert cluster["rayVersion"].startswith(pinned), "rayVersion: the Ray the extra installs"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for container in (c for g in groups for c in g["template"]["spec"]["containers"]):
+        assert container["command"] == [] and container["args"] == [], (
+            "KubeRay starts Ray itself, not the image's qrank serve")

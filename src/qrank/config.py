@@ -218,7 +218,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     g.add_argument("--max-num-batched-tokens", "--max_num_batched_tokens", type=int,
                    default=EngineArgs.max_num_batched_tokens,
                    help="token budget of one forward batch (3072: the middle of the "
-                        "fastest range on AMX CPUs, README)")
+                        "fastest range on AMX CPUs, docs/performance.md)")
     g.add_argument("--max-num-seqs", "--max_num_seqs", type=int, default=EngineArgs.max_num_seqs,
                    help="most pairs in one forward batch")
     g.add_argument("--threads", type=int, default=None,

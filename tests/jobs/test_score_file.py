@@ -17,7 +17,7 @@ import pytest
 
 from qrank import LLM
 from qrank.cli import main
-from qrank.jobs.files import read_table
+from qrank.jobs.files import file_format, read_table
 
 QUERIES = ["What is the capital of China?", "how do plants make food", "数据库索引是什么"]
 DOCS = ["The capital of China is Beijing.", "Photosynthesis turns light into sugar.",
@@ -121,6 +121,16 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_model, capsys):
     write_jsonl(src, [{"query": "q", "document": "d"}])
     assert main(argv) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_folder_without_an_extension_takes_the_default_format():
+    """score-file --ray writes a folder: ``-o scored_dir`` (docs/api.md) takes the input's."""
+    assert file_format("scored_dir", default="parquet") == "parquet"
+    assert file_format("scored/", default="csv") == "csv"
+    assert file_format("scored.jsonl", default="parquet") == "jsonl"
+    assert file_format("scored_dir", "csv", default="parquet") == "csv"
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        file_format("scored_dir")
 
 
 def test_killed_midway_and_restarted_writes_every_row_once(tmp_path, tiny_model, llm):

@@ -7,7 +7,8 @@ import json
 from contextlib import redirect_stdout
 from io import StringIO
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.json as pa_json
 import pytest
 
 from qrank import LLM
@@ -29,7 +30,7 @@ def want(tiny_model) -> dict[int, float]:
 def test_score_file_on_ray_scores_as_llm_score(ray_cluster, tiny_model, tmp_path, want):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS))
-    out = tmp_path / "out.parquet"
+    out = tmp_path / "scored"  # a folder without an extension: the input's format (JSONL)
     buf = StringIO()
     with redirect_stdout(buf):
         rc = main(["score-file", str(src), "-o", str(out), "--model", str(tiny_model), "--ray",
@@ -37,7 +38,9 @@ def test_score_file_on_ray_scores_as_llm_score(ray_cluster, tiny_model, tmp_path
                    *ENGINE])
     assert rc == 0
     assert json.loads(buf.getvalue().splitlines()[-1])["rows"] == len(ROWS)
-    table = pq.read_table(out)  # Ray Data's writer: a folder of files
+    files = sorted(out.iterdir())  # Ray Data's writer: a folder of files
+    assert files and all(f.suffix == ".json" for f in files), files
+    table = pa.concat_tables([pa_json.read_json(f) for f in files])
     got = dict(zip(table.column("id").to_pylist(), table.column("score").to_pylist(),
                    strict=True))
     assert sorted(got) == sorted(want)  # every row once

@@ -19,13 +19,16 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": 
            ".pq": "parquet", ".csv": "csv"}
 
 
-def file_format(path: str | Path, given: str | None = None) -> str:
-    """``given``, or the format the file name's extension says."""
+def file_format(path: str | Path, given: str | None = None, default: str | None = None) -> str:
+    """``given``, or the format the file name's extension says, or ``default`` (a folder's
+    files: Ray Data writes ``--output`` as a folder) where the name has no known extension."""
     if given:
         if given not in set(FORMATS.values()):
             raise ValueError(f"format must be jsonl, parquet or csv, not {given!r}")
         return given
     suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS and default:
+        return default
     if suffix not in FORMATS:
         raise ValueError(f"cannot tell the format of {path} from its extension: name it .jsonl, "
                          ".parquet or .csv, or give --input-format/--output-format")

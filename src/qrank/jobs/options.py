@@ -30,7 +30,8 @@ def add_score_file_arguments(parser: argparse.ArgumentParser,
     g.add_argument("--input-format", choices=["jsonl", "parquet", "csv"], default=None,
                    help="format of INPUT (default: from its extension)")
     g.add_argument("--output-format", choices=["jsonl", "parquet", "csv"], default=None,
-                   help="format of --output (default: from its extension)")
+                   help="format of --output (default: from its extension; with --ray, "
+                        "an --output folder without one takes the input's)")
     g.add_argument("--part-size", type=int, default=10_000,
                    help="rows per resumable part; a killed job restarted with the same "
                         "--output skips the finished parts")

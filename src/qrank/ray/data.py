@@ -98,7 +98,7 @@ def score_file_command(ns: argparse.Namespace) -> int:
 
     job = job_from_namespace(ns)
     in_fmt = file_format(job.input, job.input_format)
-    out_fmt = file_format(job.output, job.output_format)
+    out_fmt = file_format(job.output, job.output_format, default=in_fmt)  # a folder: as read
     start = time.perf_counter()
     connect(ns.ray_address)
     ds = READERS[in_fmt](job.input)
