@@ -37,3 +37,13 @@ def test_real_shapes_calibrate_in_one_round_over_the_calibration_pairs():
     assert (rounds, pairs) == (1, CALIBRATION_PAIRS)
     rounds, pairs = calibration_plan(make_config("tiny", "original", "float32"))
     assert rounds == 3 and len(pairs) == 6 * len(CALIBRATION_PAIRS)
+
+
+def test_written_weights_are_readable_by_other_users(tiny_model):
+    """safetensors writes 0600; a model served by another user (systemd's User=) must read it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tiny_model.glob("*.safetensors"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -297,12 +298,12 @@ def _write_shards(model_dir: Path, tensors: Iterable[tuple[str, torch.Tensor]],
               disable=not progress) as bar:
         for name, tensor in tensors:
             if shard_of[name] != current and part:
-                save_file(part, str(model_dir / files[current]), metadata=metadata)
+                save_readable(part, model_dir / files[current], metadata)
                 part = {}
             current = shard_of[name]
             part[name] = tensor
             bar.update(sizes[name])
-        save_file(part, str(model_dir / files[current]), metadata=metadata)
+        save_readable(part, model_dir / files[current], metadata)
     if shards > 1:
         weight_map = {name: files[i] for name, i in shard_of.items()}
         doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -433,3 +434,12 @@ def write_st_layout(out: Path, fmt: str, yes: int, no: int,
         "prompts": {"web_search": instruction or DEFAULT_INSTRUCTION},
     })
     shutil.copyfile(QWEN3_TEMPLATE_FILE, out / "chat_template.jinja")
+
+
+def save_readable(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``save_file``, then the mode any other file gets under the umask: safetensors writes
+    0600, which a service running as another user (systemd's ``User=``) cannot read."""
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
