@@ -52,6 +52,13 @@ def tiny_model(model_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_model(model_factory) -> Path:
+    """One layer and two heads, float32: for 16k-token pairs, whose attention grows with the
+    square of their length."""
+    return model_factory(shape="tiny-1layer")
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the session (2 CPUs), or skip: Ray is an extra."""
     try:

@@ -29,3 +29,12 @@ INSTRUCTIONS = [
     "Given a question, retrieve passages that answer it",
     "根据问题检索相关段落",
 ]
+
+
+def long_document(words: int = 7900, seed: int = 0) -> str:
+    """About two tokens a word (~16k tokens by default) of words drawn from DOCUMENTS."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = sorted({w for d in DOCUMENTS for w in d.split()})
+    return " ".join(rng.choice(vocab) for _ in range(words))

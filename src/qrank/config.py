@@ -45,6 +45,8 @@ class EngineArgs:
     max_model_len: int | None = None
     max_num_batched_tokens: int = 3072
     max_num_seqs: int = 256
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0  # 0: max_num_batched_tokens
     threads: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     prefix_sharing: bool = True
@@ -67,6 +69,9 @@ class EngineArgs:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be 0 (the batch budget) or "
+                             "positive")
         for name in SWITCHES:
             value = getattr(self, name)
             if isinstance(value, bool):
@@ -82,6 +87,13 @@ class EngineArgs:
                              "device='cpu'")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"quantization must be 'int8' or unset, not {self.quantization!r}")
+
+    def resolved_long_prefill_threshold(self) -> int:
+        """Pairs longer than this after their template head are computed in pieces of at
+        most this many tokens (chunked prefill); 0: never (``enable_chunked_prefill`` off)."""
+        if not self.enable_chunked_prefill:
+            return 0
+        return self.long_prefill_token_threshold or self.max_num_batched_tokens
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads else available_cores()
@@ -137,8 +149,7 @@ IGNORED_VLLM_FLAGS: dict[str, bool] = {
     "load-format": True, "block-size": True,
     "enforce-eager": False, "trust-remote-code": False, "disable-log-stats": False,
     "disable-log-requests": False, "enable-prefix-caching": False,
-    "no-enable-prefix-caching": False, "enable-chunked-prefill": False,
-    "no-enable-chunked-prefill": False, "disable-custom-all-reduce": False,
+    "no-enable-prefix-caching": False, "disable-custom-all-reduce": False,
 }
 
 
@@ -221,6 +232,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                         "fastest range on AMX CPUs, docs/performance.md)")
     g.add_argument("--max-num-seqs", "--max_num_seqs", type=int, default=EngineArgs.max_num_seqs,
                    help="most pairs in one forward batch")
+    g.add_argument("--enable-chunked-prefill", "--enable_chunked_prefill",
+                   action=argparse.BooleanOptionalAction,
+                   default=EngineArgs.enable_chunked_prefill,
+                   help="compute a pair longer than --long-prefill-token-threshold in pieces, "
+                        "with other requests' batches between them (default: on)")
+    g.add_argument("--long-prefill-token-threshold", "--long_prefill_token_threshold",
+                   type=int, default=EngineArgs.long_prefill_token_threshold,
+                   help="tokens of a pair (after its template head) above which it is "
+                        "computed in pieces of at most this many (0, the default: "
+                        "--max-num-batched-tokens)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the cores this process may use)")
     g.add_argument("--hf-overrides", "--hf_overrides", default=None,

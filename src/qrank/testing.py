@@ -36,6 +36,11 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                  tie_word_embeddings=True),
+    # one layer, two heads: long inputs (16k tokens) in tests, where attention grows with
+    # the square of the length
+    "tiny-1layer": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                        tie_word_embeddings=True),
     "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   tie_word_embeddings=True),
@@ -50,7 +55,7 @@ SHAPES: dict[str, dict[str, Any]] = {
                tie_word_embeddings=False),
 }
 
-CALIBRATED_SHAPES = ("tiny", "small", "0.6b")
+CALIBRATED_SHAPES = ("tiny", "tiny-1layer", "small", "0.6b")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Pairs used to calibrate the head of tiny models, varied in length and topic.

@@ -16,8 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from qrank.config import EngineArgs
+from qrank.engine.pieces import PieceKV
 from qrank.engine.prefix_cache import PrefixCache
-from qrank.engine.scheduler import Batch, Scheduler, WorkItem, prefix_key
+from qrank.engine.scheduler import Batch, Piece, Scheduler, WorkItem, prefix_key
 from qrank.engine.score_cache import ScoreCache
 from qrank.kernels.build import find_compiler
 from qrank.models.heads import sigmoid_scores
@@ -70,6 +71,7 @@ class Engine:
         self.model_path = loaded.path
         self.max_model_len = loaded.max_model_len
         self.prefix_cache = PrefixCache(args.prefix_cache_bytes if args.prefix_sharing else 0)
+        self.piece_kv = PieceKV()  # of long pairs between their pieces
         self.score_cache = ScoreCache(
             args.score_cache_entries,
             namespace=f"{self.model_path}|{self.trunk.dtype}|{args.quantization}|{args.device}")
@@ -188,6 +190,7 @@ class Engine:
             share_prefixes=self.args.prefix_sharing,
             is_cached=self.prefix_cache.__contains__,
             policy=policy,
+            long_prefill_threshold=self.args.resolved_long_prefill_threshold(),
         )
 
     def _seq_groups(
@@ -247,16 +250,60 @@ class Engine:
         return SeqGroup(list(prefix), docs, prefix_kv=kv,
                         keep_prefix_kv=kv is None and self.prefix_cache.enabled)
 
+    def _piece_group(self, piece: Piece) -> tuple[SeqGroup, Hashable | None]:
+        """The model input of one piece of a long pair, and the prefix-cache key of the head
+        it computes (None: none). The first piece goes under the pair's template head (cached,
+        or computed and then cached); the others over the keys and values of those before."""
+        t = piece.item.tokens
+        ids = t.ids
+        doc = ids[piece.head + piece.start : piece.head + piece.end]
+        keep = not piece.last
+        if piece.start:
+            kv = self.piece_kv.get(piece.item)
+            if kv is None:
+                raise RuntimeError("a piece of a long pair came without the keys and values "
+                                   "of the pieces before it")
+            return SeqGroup(ids[: piece.head + piece.start], [doc], prefix_kv=kv,
+                            keep_kv=keep), None
+        if not piece.head:
+            return SeqGroup([], [doc], keep_kv=keep), None
+        head = t.shared[: piece.head]
+        head_key = prefix_key(head, t.salt)
+        group = self._prefix_group(head, self.prefix_cache.get(head_key), [doc])
+        group.keep_kv = keep
+        return group, head_key
+
     def run_batch(self, batch: Batch) -> list[tuple[Any, float]]:
         """Run one batch; returns (key, logit) for each of its items: the head's value
-        before the sigmoid (:func:`~qrank.models.heads.sigmoid_scores` makes it a score)."""
+        before the sigmoid (:func:`~qrank.models.heads.sigmoid_scores` makes it a score).
+        A long pair's piece gives its logit when it is the last; the keys and values of the
+        others are held for the next (:attr:`piece_kv`)."""
         start = time.perf_counter()
         groups, keys, cache_keys = self._seq_groups(batch)
+        pieces: dict[int, Piece] = {}
+        for piece in batch.pieces:
+            group, cache_key = self._piece_group(piece)
+            pieces[len(groups)] = piece
+            groups.append(group)
+            keys.append([piece.item.key])
+            cache_keys.append(cache_key)
         hidden, order, kept = self.trunk(groups)
         logits = self.head.logits(hidden).tolist()
         for g, kv in kept.items():
-            self.prefix_cache.put(cache_keys[g], kv)
-        out = [(keys[g][d], s) for (g, d), s in zip(order, logits, strict=True)]
+            piece = pieces.get(g)
+            if piece is None or not groups[g].keep_kv:
+                self.prefix_cache.put(cache_keys[g], kv)
+                continue
+            self.piece_kv.put(piece.item, kv)
+            if groups[g].keep_prefix_kv:  # the head, computed here: its own copy to cache
+                n = piece.head
+                self.prefix_cache.put(cache_keys[g], [(k[:, :n].clone(), v[:, :n].clone())
+                                                      for k, v in kv])
+        for piece in batch.pieces:
+            if piece.last:
+                self.piece_kv.drop(piece.item)
+        out = [(keys[g][d], s) for (g, d), s in zip(order, logits, strict=True)
+               if g not in pieces or pieces[g].last]
         if self.on_batch is not None:
             requests = {k[0] if isinstance(k, tuple) else k for k, _ in out}
             self.on_batch(BatchStats(len(out), batch.num_tokens, len(requests),
@@ -305,11 +352,16 @@ class Engine:
         if use_tqdm is None:
             use_tqdm = total_tokens > self.args.max_num_batched_tokens
         scores = [0.0] * len(pairs)
-        with tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not use_tqdm) as bar:
-            while (batch := scheduler.next_batch()) is not None:
-                for key, s in self.run_batch(batch):
-                    scores[key] = s
-                bar.update(batch.num_pairs)
+        try:
+            with tqdm(total=len(pairs), desc="Scoring", unit="pair",
+                      disable=not use_tqdm) as bar:
+                while (batch := scheduler.next_batch()) is not None:
+                    for key, s in self.run_batch(batch):
+                        scores[key] = s
+                    bar.update(batch.num_pairs)
+        finally:  # a job that failed half-way leaves no long pair's keys and values behind
+            mine = {id(it) for it in items}
+            self.piece_kv.drop_where(lambda it: id(it) in mine)
         return scores
 
     def warm_up(self) -> None:
@@ -480,8 +532,14 @@ class AsyncEngine:
             dropped = self.scheduler.remove(future.request_id)
             if self.observer is not None:
                 self.observer.request_cancelled(reason, dropped)
+            self._cond.notify()  # the worker drops the keys and values of its long pairs
         future.cancel()
         return dropped
+
+    def _drop_given_up(self) -> None:
+        """Drop the keys and values held for long pairs of requests given up (in the worker
+        thread, under the lock, so never those of a piece about to run)."""
+        self.engine.piece_kv.drop_where(lambda it: it.key[0] not in self._requests)
 
     def _started(self, batch: Batch) -> None:
         """Note the requests whose first pairs this batch holds (under the lock)."""
@@ -497,8 +555,10 @@ class AsyncEngine:
         try:
             while True:
                 with self._cond:
+                    self._drop_given_up()
                     while not len(self.scheduler) and not self._stopping:
                         self._cond.wait()
+                        self._drop_given_up()
                     if self._stopping and not len(self.scheduler):
                         return
                     batch = self.scheduler.next_batch()
@@ -546,12 +606,18 @@ class AsyncEngine:
                     req.finish()
 
     def _retry_per_request(self, batch: Batch, exc: Exception) -> list[tuple[Any, Any]]:
-        """Score a failed batch's requests one by one, so one bad request fails alone."""
+        """Score a failed batch's requests one by one, so one bad request fails alone (a
+        long pair's piece alone, over the keys and values kept before the failure)."""
         by_request: dict[int, list[WorkItem]] = {}
         for g in batch.groups:
             for it in g.items:
                 by_request.setdefault(it.key[0], []).append(it)
         out: list[tuple[Any, Any]] = []
+        for piece in batch.pieces:
+            try:
+                out += self.engine.run_batch(Batch([], piece.end - piece.start, [piece]))
+            except Exception as err:  # noqa: BLE001
+                out.append((piece.item.key, err))
         for items in by_request.values():
             sched = self.engine.make_scheduler()
             sched.add(items)

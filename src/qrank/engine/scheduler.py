@@ -37,6 +37,15 @@ Which request's pair goes next is the policy (``--scheduling-policy``):
 
 A batch stops at the first pair that does not fit (a pair alone larger than the budget runs
 alone), so the next batch starts with that pair: no request is passed over for being long.
+
+Chunked prefill: with ``long_prefill_threshold`` set, a pair whose tokens after its template head
+(all its tokens without prefix sharing) are more than that is a *long* pair, computed in pieces
+of at most that many tokens, of equal size (:class:`Piece`), each over the keys and values of
+those before it. Its pieces go one per batch at most, the next only in a later batch (the
+engine runs batches one after another, so a piece always runs after the one before it); each
+costs its tokens (the first also its head, unless cached), and the policy picks them as it picks
+pairs, so other requests' pairs run in the batches between them. A long pair counts as one
+waiting pair until its last piece is taken; :meth:`Scheduler.remove` drops its pieces left.
 """
 
 from __future__ import annotations
@@ -66,6 +75,24 @@ class WorkItem:
 
     tokens: PairTokens
     key: Any = None
+    done: int = 0  # tokens of a long pair handed out in pieces so far
+
+
+@dataclass
+class Piece:
+    """Tokens ``[start, end)`` of a long pair after its ``head`` (its template head computed as
+    a prefix: ``tokens.ids[head + start : head + end]``), of ``total`` such tokens."""
+
+    item: WorkItem
+    head: int
+    start: int
+    end: int
+    total: int
+
+    @property
+    def last(self) -> bool:
+        """The pair's last piece: the one that gives its score."""
+        return self.end == self.total
 
 
 @dataclass
@@ -85,14 +112,16 @@ class BatchGroup:
 class Batch:
     groups: list[BatchGroup]
     num_tokens: int
+    pieces: list[Piece] = field(default_factory=list)  # of long pairs, one per pair at most
 
     @property
     def num_pairs(self) -> int:
-        return sum(len(g.items) for g in self.groups)
+        """Pairs this batch scores (a long pair's last piece counts, the others do not)."""
+        return sum(len(g.items) for g in self.groups) + sum(p.last for p in self.pieces)
 
     @property
     def keys(self) -> list[Any]:
-        return [it.key for g in self.groups for it in g.items]
+        return [it.key for g in self.groups for it in g.items] + [p.item.key for p in self.pieces]
 
 
 @dataclass
@@ -115,11 +144,12 @@ class _Filling:
         self.groups: dict[Hashable, BatchGroup] = {}
         self.discounts: dict[Hashable, int] = {}
         self.heads: set[Hashable] = set()  # prefix keys of the template heads it computes
+        self.pieces: list[Piece] = []
         self.tokens = 0
         self.pairs = 0
 
     def batch(self) -> Batch:
-        return Batch(list(self.groups.values()), self.tokens)
+        return Batch(list(self.groups.values()), self.tokens, self.pieces)
 
 
 class Scheduler:
@@ -127,6 +157,8 @@ class Scheduler:
 
     ``share_prefixes`` False makes every pair an independent sequence. ``is_cached`` tells
     whether a prefix (by its :func:`prefix_key`) is already cached (then it costs no tokens).
+    ``long_prefill_threshold`` > 0: pairs longer than that after their template head go in
+    pieces of at most that many tokens (chunked prefill); 0: every pair goes whole.
     """
 
     def __init__(
@@ -136,6 +168,7 @@ class Scheduler:
         share_prefixes: bool = True,
         is_cached: Callable[[Hashable], bool] | None = None,
         policy: str = "fcfs",
+        long_prefill_threshold: int = 0,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"scheduling policy must be one of {', '.join(POLICIES)}, "
@@ -145,6 +178,7 @@ class Scheduler:
         self.share_prefixes = share_prefixes
         self.is_cached = is_cached or (lambda ids: False)
         self.policy = policy
+        self.long_threshold = long_prefill_threshold
         self._waiting: dict[Hashable, _Waiting] = {}
         self._heap: list[tuple[tuple, int, Hashable]] = []  # (order, push count, request)
         self._pushes = itertools.count()
@@ -258,6 +292,10 @@ class Scheduler:
         while (w := self._first()) is not None:
             key, queue = next(iter(w.groups.items()))
             item = queue[0]
+            if self._long(item):
+                if not self._take_piece(fill, w, key, item):
+                    break
+                continue
             group = fill.groups.get(key)
             taken = len(group.items) if group is not None else 0
             cost, discount = self._cost(item.tokens.shared, taken, item, fill.heads,
@@ -274,14 +312,49 @@ class Scheduler:
             fill.tokens += cost
             fill.pairs += 1
             self._took(w, key, cost)
-        self._num_pending -= fill.pairs
+        self._num_pending -= fill.pairs - sum(not p.last for p in fill.pieces)
         return fill.batch()
 
-    def _took(self, w: _Waiting, key: Hashable, cost: int) -> None:
-        """Account for one pair of ``w`` (of query side ``key``) taken at ``cost`` tokens."""
-        if not w.groups[key]:
-            del w.groups[key]
-        w.count -= 1
+    def _head(self, item: WorkItem) -> int:
+        """The tokens of ``item`` computed as its prefix when it goes in pieces."""
+        return item.tokens.head if self.share_prefixes else 0
+
+    def _long(self, item: WorkItem) -> bool:
+        return 0 < self.long_threshold < len(item.tokens) - self._head(item)
+
+    def _take_piece(self, fill: _Filling, w: _Waiting, key: Hashable, item: WorkItem) -> bool:
+        """Put the next piece of the long pair ``item`` (first in ``w``'s queue ``key``) in
+        the batch; False when it does not fit, or when one of its pieces is there already
+        (the next needs that one's keys and values)."""
+        if any(p.item is item for p in fill.pieces):
+            return False
+        head = self._head(item)
+        total = len(item.tokens) - head
+        size = -(-total // -(-total // self.long_threshold))  # equal pieces, none over it
+        start, end = item.done, min(item.done + size, total)
+        cost = end - start
+        if start == 0 and head and not self.is_cached(
+                prefix_key(item.tokens.shared[:head], item.tokens.salt)):
+            cost += head
+        if fill.pairs > 0 and (fill.tokens + cost > self.max_tokens
+                               or fill.pairs + 1 > self.max_seqs):
+            return False
+        fill.pieces.append(Piece(item, head, start, end, total))
+        item.done = end
+        fill.tokens += cost
+        fill.pairs += 1
+        if end == total:
+            w.groups[key].popleft()
+        self._took(w, key, cost, whole=end == total)
+        return True
+
+    def _took(self, w: _Waiting, key: Hashable, cost: int, whole: bool = True) -> None:
+        """Account for one pair of ``w`` (of query side ``key``) taken at ``cost`` tokens
+        (``whole`` False: a piece of a long pair that has more to come)."""
+        if whole:
+            if not w.groups[key]:
+                del w.groups[key]
+            w.count -= 1
         if self.policy != "fcfs":
             self._vtime[w.priority] = max(self._vtime.get(w.priority, w.tag), w.tag)
             w.tag += cost

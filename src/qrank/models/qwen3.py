@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrank import kernels
+from qrank.models.attention import prefix_causal_attention
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,17 @@ class SeqGroup:
 
     ``prefix_kv`` holds the prefix's cached keys and values when the caller has them; then the
     prefix tokens are not computed again. An empty prefix means independent sequences.
+
+    ``keep_kv``: the group's one document is a piece of a longer sequence that goes on in a
+    later forward (chunked prefill), over the keys and values of prefix and document together,
+    which the forward returns as it returns kept prefixes.
     """
 
     prefix: list[int]
     docs: list[list[int]]
     prefix_kv: PrefixKV | None = None
     keep_prefix_kv: bool = False
+    keep_kv: bool = False
 
 
 @dataclass
@@ -109,6 +115,7 @@ class _Plan:
     doc_order: list[tuple[int, int]]  # (group, doc index) of each output row
     last_rows: torch.Tensor
     num_tokens: int  # real tokens; the tail rows after them only pad the views
+    continued: dict[int, tuple[int, int]]  # group -> (start, length) of a keep_kv document
     masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
@@ -297,8 +304,13 @@ class Qwen3Scorer(nn.Module):
         buckets: list[_Bucket] = []
         doc_order: list[tuple[int, int]] = []
         last_rows: list[int] = []
+        continued: dict[int, tuple[int, int]] = {}
         for g, group in enumerate(groups):
             p = len(group.prefix)
+            if group.keep_kv:
+                if len(group.docs) != 1:
+                    raise ValueError("a group that keeps its keys and values has one document")
+                continued[g] = (len(ids), len(group.docs[0]))
             by_length: dict[int, list[int]] = {}
             for i, doc in enumerate(group.docs):
                 if not doc:
@@ -329,6 +341,7 @@ class Qwen3Scorer(nn.Module):
             doc_order=doc_order,
             last_rows=torch.tensor(last_rows, dtype=torch.long),
             num_tokens=num_tokens,
+            continued=continued,
         )
 
     # ---- forward --------------------------------------------------------------------------
@@ -339,7 +352,8 @@ class Qwen3Scorer(nn.Module):
 
         Returns ``(hidden [n_docs, hidden_size], order, new_prefix_kv)``: row ``r`` belongs to
         document ``order[r] = (group, doc)``; ``new_prefix_kv`` holds the keys and values of the
-        prefixes computed here for groups that asked to keep them.
+        prefixes computed here for groups that asked to keep them and, for ``keep_kv`` groups,
+        those of prefix and document together (the prefix's first).
         """
         plan = self._plan(groups)
         device = self.device
@@ -349,13 +363,15 @@ class Qwen3Scorer(nn.Module):
         kept: dict[int, PrefixKV] = {
             g: [] for g in plan.prefix_segments if groups[g].keep_prefix_kv
         }
+        kept.update((g, []) for g in plan.continued)
         ops, shape = self.ops, self.shape
         eps = shape.rms_norm_eps
         n_layers = len(self.layers)
         delta: torch.Tensor | None = None  # the MLP output, added to x by the next norm
         # The attention kernel norms and rotates the documents' q and k itself when every
-        # document attends over a prefix (not in the last layer, which reads them again).
-        fuse = (self.prefix_attention is not None
+        # document attends over a prefix (not in the last layer, which reads them again) and
+        # no document's keys are kept.
+        fuse = (self.prefix_attention is not None and not plan.continued
                 and all(g in plan.prefix_segments or group.prefix_kv is not None
                         for g, group in enumerate(groups)))
         for li, layer in enumerate(self.layers):
@@ -381,10 +397,16 @@ class Qwen3Scorer(nn.Module):
                 if g in plan.prefix_segments:
                     s, n = plan.prefix_segments[g]
                     prefix_kv[g] = (k[s : s + n].transpose(0, 1), v[s : s + n].transpose(0, 1))
-                    if g in kept:
+                    if g in kept and not group.keep_kv:
                         kept[g].append((prefix_kv[g][0].clone(), prefix_kv[g][1].clone()))
                 elif group.prefix_kv is not None:
                     prefix_kv[g] = group.prefix_kv[li]
+            for g, (s, n) in plan.continued.items():
+                own = k[s : s + n].transpose(0, 1), v[s : s + n].transpose(0, 1)
+                before = prefix_kv.get(g)
+                kept[g].append((own[0].clone(), own[1].clone()) if before is None else
+                               (torch.cat((before[0], own[0]), 1),
+                                torch.cat((before[1], own[1]), 1)))
             if li < n_layers - 1:
                 attn = torch.empty_like(q)
                 attn[plan.num_tokens :] = 0
@@ -429,7 +451,9 @@ class Qwen3Scorer(nn.Module):
                     ) -> None:
         """Attention for every token: prefixes causally, documents over prefix + themselves.
         With ``norm_rope`` the documents' q and k rows are raw, for the kernel to norm and
-        rotate (every document then has a prefix).
+        rotate (every document then has a prefix). Without a kernel, documents attend over
+        their prefix with no mask on the CPU (:mod:`qrank.models.attention`), under a
+        boolean mask elsewhere.
 
         Each sequence is viewed padded at its end to a multiple of ``PAD_MULTIPLE`` (the rows
         after it belong to the next sequence or the plan's tail): the CPU flash kernel runs up
@@ -449,6 +473,11 @@ class Qwen3Scorer(nn.Module):
                                       norm_rope)
                 continue
             p, d_len = pk.shape[1], padded(b.length)
+            ob = prefix_causal_attention(*(seq_view(t, b.start, b.count, b.length, d_len)
+                                           for t in (q, k, v)), pk, pv)
+            if ob is not None:  # no mask: the prefix, then causally the document (CPU)
+                store_seqs(out, b.start, b.count, b.length, ob)
+                continue
             pp = padded(p)
             kb = torch.cat((pad_seq(pk, pp, 1)[None].expand(b.count, -1, -1, -1),
                             seq_view(k, b.start, b.count, b.length, d_len)), dim=2)

@@ -174,9 +174,11 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     """The HTTP app serving ``engine`` under ``settings``."""
     metrics = ServerMetrics()
     core = engine.engine
+    piece_kv = getattr(core, "piece_kv", None)  # none at a Ray ingress: replicas hold them
     metrics.watch(lambda: engine.num_pending_pairs, lambda: core.prefix_cache.hits,
                   lambda: core.prefix_cache.nbytes,
-                  queue_requests=lambda: engine.num_pending_requests)
+                  queue_requests=lambda: engine.num_pending_requests,
+                  piece_bytes=None if piece_kv is None else lambda: piece_kv.nbytes)
     engine.observer = metrics
     metrics.watch_score_cache(core.score_cache)
     core.on_batch = metrics.observe_batch

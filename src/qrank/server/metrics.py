@@ -69,12 +69,18 @@ class ServerMetrics:
         self.prefix_hits = Gauge("qrank_prefix_cache_hits", "prefix cache hits", registry=r)
         self.prefix_bytes = Gauge("qrank_prefix_cache_bytes", "bytes held by the prefix cache",
                                   registry=r)
+        self.piece_bytes = Gauge("qrank_long_prefill_kv_bytes", "bytes of keys and values "
+                                 "held between the pieces of long pairs (chunked prefill)",
+                                 registry=r)
 
     def watch(self, queue_depth: Callable[[], float], prefix_hits: Callable[[], float],
               prefix_bytes: Callable[[], float],
-              queue_requests: Callable[[], float] | None = None) -> None:
+              queue_requests: Callable[[], float] | None = None,
+              piece_bytes: Callable[[], float] | None = None) -> None:
         """Gauges read at scrape time."""
         self.queue.set_function(queue_depth)
+        if piece_bytes is not None:
+            self.piece_bytes.set_function(piece_bytes)
         if queue_requests is not None:
             self.queue_requests.set_function(queue_requests)
         self.prefix_hits.set_function(prefix_hits)
