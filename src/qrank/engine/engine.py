@@ -87,7 +87,9 @@ class Engine:
                            "without torch.compile's fused element-wise work")
             compile_now = False
         if compile_now:
-            logger.info("compiling the decoder's element-wise work (torch.compile)")
+            logger.info("compiling the decoder's element-wise work (torch.compile, cache in %s); "
+                        "the warm-up runs it before the server says it is ready",
+                        inductor_cache_dir())
             self.trunk.compile()
             self.warm_up()
         self.parallel: ParallelScorer | None = None
@@ -634,3 +636,12 @@ class AsyncEngine:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout)
+
+
+def inductor_cache_dir() -> str:
+    """Where torch.compile keeps what it built (``TORCHINDUCTOR_CACHE_DIR`` or its default)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:  # a torch that moved it: say where to look instead
+        return "TORCHINDUCTOR_CACHE_DIR"
+    return cache_dir()
