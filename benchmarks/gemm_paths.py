@@ -40,17 +40,18 @@ def model_shape(model: str) -> Qwen3Shape:
 Layer = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def random_layer_weights(shape: Qwen3Shape, n_layers: int, gen: torch.Generator
-                         ) -> list[dict[str, torch.Tensor]]:
-    """Distinct random bf16 projection weights [out, in] for ``n_layers`` layers."""
-    return [{name: (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
+def random_layer_weights(shape: Qwen3Shape, n_layers: int, gen: torch.Generator,
+                         dtype: torch.dtype = torch.bfloat16) -> list[dict[str, torch.Tensor]]:
+    """Distinct random projection weights [out, in] (bf16 unless told) for ``n_layers``
+    layers."""
+    return [{name: (torch.randn(n, k, generator=gen) * 0.02).to(dtype)
              for name, (k, n) in shape.projections().items()} for _ in range(n_layers)]
 
 
-def projection_inputs(shape: Qwen3Shape, tokens: int, gen: torch.Generator
-                      ) -> dict[str, torch.Tensor]:
-    """One bf16 activation [tokens, in] per projection."""
-    return {name: torch.randn(tokens, k, generator=gen).to(torch.bfloat16)
+def projection_inputs(shape: Qwen3Shape, tokens: int, gen: torch.Generator,
+                      dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """One activation [tokens, in] (bf16 unless told) per projection."""
+    return {name: torch.randn(tokens, k, generator=gen).to(dtype)
             for name, (k, _) in shape.projections().items()}
 
 

@@ -45,6 +45,8 @@ def test_kernels_are_built_once_into_the_cache_and_say_so(tmp_path):
 def test_describe_names_the_cpu_and_its_paths():
     info = cpu_features.describe()
     assert info["model"]
+    assert set(info["flags"]) == set(cpu_features.RECORDED_FLAGS)
+    assert info["flags"]["avx2"] == ("avx2" in cpu_features.cpu_flags())
     assert isinstance(info["amx_bf16"], bool) and isinstance(info["onednn_packs_bf16"], bool)
     # AMX and AVX-512 BF16 imply AVX-512, which oneDNN packs bfloat16 on
     if info["amx_bf16"] or info["avx512_bf16"]:

@@ -183,5 +183,15 @@ def test_the_amx_linear_kernel_leaves_int8_and_unfit_models_on_their_path(tiny_m
     assert not fp32.trunk.use_fused_gate_up()
     tiny = load_model(EngineArgs(str(tiny_model), dtype="bfloat16"))
     assert tiny.trunk.use_fused_gate_up()  # tiny's sizes are multiples of 32
+    assert tiny.trunk.kernels_in_use()["fused_gate_up"]
     assert isinstance(tiny.trunk.layers[0].gate_up, amx_linear.AmxGateUpSiLU)
     assert not isinstance(tiny.trunk.layers[0].qkv, amx_linear.AmxLinear)
+
+
+def test_a_float32_trunk_says_it_runs_no_kernel(tiny_model):
+    """What benchmarks record of a plain float32 load: no CPU kernel, nothing packed (oneDNN
+    packs half precision only) or compiled."""
+    trunk = load_model(EngineArgs(str(tiny_model), dtype="float32")).trunk
+    assert trunk.kernels_in_use() == {"dtype": "float32", "cpu_attention_kernel": False,
+                                      "fused_gate_up": False, "packed_linears": 0,
+                                      "compiled": False}

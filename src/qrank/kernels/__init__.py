@@ -18,7 +18,7 @@ from qrank.kernels.cpu_attention import NormRope
 from qrank.kernels.fused import FusedGateUp
 from qrank.kernels.packed_linear import PackedLinear
 
-__all__ = ["FusedGateUp", "NormRope", "fused_gate_up", "prefix_attention"]
+__all__ = ["FusedGateUp", "NormRope", "PackedLinear", "fused_gate_up", "prefix_attention"]
 
 
 def prefix_attention(device: torch.device, dtype: torch.dtype) -> Callable[..., None] | None:

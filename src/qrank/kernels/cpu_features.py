@@ -28,6 +28,28 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# the flags benchmarks record: the vector and matrix extensions qrank's and its peers' paths use
+RECORDED_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx_ne_convert",
+                  "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "bf16")
+
+
+@functools.cache
+def cpuinfo_fields() -> dict[str, str]:
+    """The first processor's ``/proc/cpuinfo`` fields (``vendor_id``, ``cpu family``,
+    ``model``, ...); empty elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 @functools.cache
 def cpu_model() -> str:
     """The CPU's model name (as ``lscpu`` shows it), or the platform's processor string."""
@@ -83,11 +105,17 @@ def onednn_packs(dtype: torch.dtype) -> bool:
 
 
 def describe() -> dict[str, Any]:
-    """The CPU as benchmarks record it: model, torch's vector capability, the flags that
-    choose qrank's paths, and what oneDNN packs."""
+    """The CPU as benchmarks record it: model name, vendor, family and model number, the
+    recorded flags as ``/proc/cpuinfo`` lists them, torch's vector capability, the checks
+    that choose qrank's paths, and what oneDNN packs."""
+    fields = cpuinfo_fields()
     return {
         "model": cpu_model(),
+        "vendor": fields.get("vendor_id") or fields.get("CPU implementer"),
+        "family": fields.get("cpu family"),
+        "model_number": fields.get("model") or fields.get("CPU part"),
         "machine": platform.machine(),
+        "flags": {flag: flag in cpu_flags() for flag in RECORDED_FLAGS},
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "amx_bf16": has_amx_bf16(),
         "avx512_bf16": has_avx512_bf16(),

@@ -276,6 +276,19 @@ class Qwen3Scorer(nn.Module):
             block.gate_up = layer
         return True
 
+    def kernels_in_use(self) -> dict[str, Any]:
+        """What this trunk runs, as benchmarks record it: its dtype, the prefix attention
+        kernel, the fused gate-up kernel, how many linear layers oneDNN holds prepacked, and
+        whether the element-wise work is torch.compiled."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "cpu_attention_kernel": self.prefix_attention is not None,
+            "fused_gate_up": all(isinstance(b.gate_up, kernels.FusedGateUp)
+                                 for b in self.layers),
+            "packed_linears": sum(isinstance(m, kernels.PackedLinear) for m in self.modules()),
+            "compiled": any(self.ops[k] is not f for k, f in ELEMENTWISE.items()),
+        }
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
