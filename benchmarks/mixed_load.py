@@ -7,12 +7,15 @@ server (issue 18).
 For each policy a fresh ``qrank serve MODEL --scheduling-policy P --score-cache-entries 0``
 (plus ``--server-args``) is started. ``--background-clients`` clients send
 ``--background-docs``-document requests back to back while one foreground client sends
-``--foreground-docs``-document requests one at a time, for ``--duration`` seconds. The idle
-figure is the foreground client alone, on the first server, before any load. Texts are
+``--foreground-docs``-document requests one at a time, for ``--duration`` seconds; then every
+request still open is cancelled (the server drops its pairs), so a phase lasts its duration. The
+idle figure is the foreground client alone, on the first server, before any load. Texts are
 random-rerank's (``--input-len`` tokens a pair); background and foreground have their own
-queries. Prints, per scenario, the foreground's p50/p99 latency, its goodput and share within
-``--slo-ms``, and the server's total tokens/s (usage.prompt_tokens of all answers over the
-phase); ``--json`` writes the same figures.
+queries. Prints, per scenario, the foreground's p50/p99 latency (a request still open at the end
+counts with its time so far, a lower bound, and is shown as unfinished), its goodput and share
+within ``--slo-ms``, and the tokens/s the server computed during the phase (the growth of its
+``qrank_batch_tokens`` sum: prompt tokens as computed, a shared prefix once); ``--json`` writes
+the same figures.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shlex
 import socket
 import subprocess
@@ -42,12 +46,14 @@ class Phase:
     scenario: str
     fg_requests: int
     fg_failed: int
+    fg_unfinished: int
     fg_p50_ms: float
     fg_p99_ms: float
     fg_goodput_rps: float
     fg_within_slo: float
     bg_requests: int
     tokens_per_s: float
+    fg_latencies_ms: list[float]  # finished, then still open (their time so far)
 
 
 def free_port() -> int:
@@ -87,46 +93,66 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 async def client_loop(client: httpx.AsyncClient, target: Target,
-                      requests: list[RerankRequest], until: float) -> list[RequestOutput]:
-    """Send ``requests`` (cycling) one at a time until ``until`` (monotonic)."""
-    outputs = []
+                      requests: list[RerankRequest], outputs: list[RequestOutput]) -> None:
+    """Send ``requests`` (cycling) one at a time, each output appended as it ends; a request
+    open when the loop is cancelled is appended unfinished, with its time so far."""
     for request in cycle(requests):
-        if time.monotonic() >= until:
-            break
-        outputs.append(await send_rerank(client, target, request))
-    return outputs
+        task = asyncio.ensure_future(send_rerank(client, target, request))
+        start = time.perf_counter()
+        try:
+            outputs.append(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            task.cancel()
+            outputs.append(RequestOutput(latency=time.perf_counter() - start,
+                                         error="unfinished"))
+            raise
+
+
+def computed_tokens(url: str) -> float:
+    """The server's ``qrank_batch_tokens`` sum: every token its batches computed."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return float(re.search(r"^qrank_batch_tokens_sum (\S+)$", text, flags=re.M).group(1))
 
 
 async def run_phase(url: str, ns: argparse.Namespace, fg: list[RerankRequest],
-                    bg: list[RerankRequest], clients: int) -> tuple[list, list, float]:
-    """Foreground and ``clients`` background loops for ``ns.duration`` s; their outputs and
-    the phase's seconds."""
+                    bg: list[RerankRequest], clients: int
+                    ) -> tuple[list[RequestOutput], list[RequestOutput], float, float]:
+    """Foreground and ``clients`` background loops for ``ns.duration`` s: their outputs, the
+    phase's seconds and the tokens the server computed in them."""
     target = Target(url + "/v1/rerank", url, ns.model, {})
+    fg_out: list[RequestOutput] = []
+    bg_out: list[RequestOutput] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600)) as client:
+        tokens0 = await asyncio.to_thread(computed_tokens, url)
         start = time.monotonic()
-        until = start + ns.duration
-        background = [asyncio.create_task(client_loop(client, target, bg[i::clients], until))
-                      for i in range(clients)]
+        loops = [asyncio.create_task(client_loop(client, target, bg[i::clients], bg_out))
+                 for i in range(clients)]
         if clients:
             await asyncio.sleep(ns.warmup)  # the queue fills before the foreground starts
-        foreground = await client_loop(client, target, fg, until)
-        bg_out = [o for outs in await asyncio.gather(*background) for o in outs]
-        return foreground, bg_out, time.monotonic() - start
+        loops.append(asyncio.create_task(client_loop(client, target, fg, fg_out)))
+        await asyncio.sleep(max(0.0, start + ns.duration - time.monotonic()))
+        tokens = await asyncio.to_thread(computed_tokens, url) - tokens0
+        seconds = time.monotonic() - start
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    return fg_out, bg_out, seconds, tokens
 
 
 def summarize(scenario: str, fg: list[RequestOutput], bg: list[RequestOutput], seconds: float,
-              slo_ms: float) -> Phase:
+              tokens: float, slo_ms: float) -> Phase:
     ok = [o.latency * 1000 for o in fg if o.success]
-    lat = ok or [float("nan")]
+    open_ = [o.latency * 1000 for o in fg if o.error == "unfinished"]
+    lat = ok + open_ or [float("nan")]
     good = sum(ms <= slo_ms for ms in ok)
-    tokens = sum(o.prompt_len for o in [*fg, *bg] if o.success)
-    return Phase(scenario, len(ok), len(fg) - len(ok), float(np.percentile(lat, 50)),
-                 float(np.percentile(lat, 99)), good / seconds, good / max(1, len(fg)),
-                 sum(o.success for o in bg), tokens / seconds)
+    return Phase(scenario, len(ok), len(fg) - len(ok) - len(open_), len(open_),
+                 float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), good / seconds,
+                 good / max(1, len(fg)), sum(o.success for o in bg), tokens / seconds,
+                 ok + open_)
 
 
 def report(phases: list[Phase], ns: argparse.Namespace) -> None:
-    head = (f"{'scenario':<10} {'fg req':>7} {'fg p50 ms':>10} {'fg p99 ms':>10} "
+    head = (f"{'scenario':<10} {'fg req':>7} {'open':>5} {'fg p50 ms':>10} {'fg p99 ms':>10} "
             f"{'goodput/s':>10} {'<=SLO %':>8} {'bg req':>7} {'tokens/s':>10}")
     print(f"\nforeground: {ns.foreground_docs} docs a request, one at a time; background: "
           f"{ns.background_clients} clients x {ns.background_docs} docs back to back; "
@@ -134,7 +160,8 @@ def report(phases: list[Phase], ns: argparse.Namespace) -> None:
     print(head)
     print("-" * len(head))
     for p in phases:
-        print(f"{p.scenario:<10} {p.fg_requests:>7} {p.fg_p50_ms:>10.1f} {p.fg_p99_ms:>10.1f} "
+        print(f"{p.scenario:<10} {p.fg_requests:>7} {p.fg_unfinished:>5} {p.fg_p50_ms:>10.1f} "
+              f"{p.fg_p99_ms:>10.1f} "
               f"{p.fg_goodput_rps:>10.2f} {100 * p.fg_within_slo:>8.1f} {p.bg_requests:>7} "
               f"{p.tokens_per_s:>10.0f}")
     by = {p.scenario: p for p in phases}
@@ -177,11 +204,11 @@ def main() -> int:
         proc, url = start_server(ns, policy.strip())
         try:
             if i == 0:
-                fg_out, _, secs = asyncio.run(run_phase(url, ns, fg, bg, 0))
-                phases.append(summarize("idle", fg_out, [], secs, ns.slo_ms))
-            fg_out, bg_out, secs = asyncio.run(run_phase(url, ns, fg, bg,
-                                                         ns.background_clients))
-            phases.append(summarize(policy.strip(), fg_out, bg_out, secs, ns.slo_ms))
+                fg_out, _, secs, tokens = asyncio.run(run_phase(url, ns, fg, bg, 0))
+                phases.append(summarize("idle", fg_out, [], secs, tokens, ns.slo_ms))
+            fg_out, bg_out, secs, tokens = asyncio.run(run_phase(url, ns, fg, bg,
+                                                                 ns.background_clients))
+            phases.append(summarize(policy.strip(), fg_out, bg_out, secs, tokens, ns.slo_ms))
         finally:
             stop_server(proc)
     report(phases, ns)

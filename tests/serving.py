@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +12,22 @@ import time
 from pathlib import Path
 
 import httpx
+
+
+def metrics(client: httpx.Client) -> dict[str, float]:
+    """The server's unlabelled Prometheus samples, by name."""
+    text = client.get("/metrics").text
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(\S+) ([0-9.e+-]+)$", text, flags=re.M)}
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout}s")
+        time.sleep(0.01)
 
 
 def free_port() -> int:

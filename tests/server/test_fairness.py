@@ -10,7 +10,6 @@ queued as long as a test needs, and the deadline is set from a request timed jus
 
 import asyncio
 import json
-import re
 import socket
 import sys
 import time
@@ -18,24 +17,10 @@ import uuid
 
 import httpx
 import pytest
-from serving import ServerProcess, free_port
+from serving import ServerProcess, free_port, metrics, wait_until
 
 BUDGET = "256"
 SERVER_TIMEOUT = 2.0
-
-
-def metrics(client) -> dict[str, float]:
-    text = client.get("/metrics").text
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r"^(\S+) ([0-9.e+-]+)$", text, flags=re.M)}
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def queued(client) -> tuple[float, float]:

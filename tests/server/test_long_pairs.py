@@ -9,32 +9,16 @@ The one-layer test model, 17k tokens; offline pieces of 2048 tokens, and one ser
 import asyncio
 import json
 import math
-import re
 import socket
-import time
 import uuid
 
 import httpx
 import pytest
 from inputs import DOCUMENTS, QUERIES, long_document
 from reference import CardReference, format_instruction
-from serving import ServerProcess
+from serving import ServerProcess, metrics, wait_until
 
 BUDGET = 1024
-
-
-def metrics(c: httpx.Client) -> dict[str, float]:
-    text = c.get("/metrics").text
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r"^(\S+) ([0-9.e+-]+)$", text, flags=re.M)}
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def kv_bytes(c: httpx.Client) -> float:
