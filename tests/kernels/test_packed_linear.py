@@ -10,7 +10,7 @@ from torch import nn
 from qrank import EngineArgs
 from qrank.engine.engine import Engine
 from qrank.kernels import cpu_features
-from qrank.kernels.packed_linear import PackedLinear, can_pack
+from qrank.kernels.packed_linear import PackedLinear, can_pack, packs_float32
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import seq_view
 
@@ -30,6 +30,15 @@ def test_packed_linear_equals_f_linear(rows):
     assert torch.equal(packed.weight, weight)
 
 
+def unpack(engine):
+    """Put plain ``nn.Linear`` layers with the same weights in place of packed ones."""
+    for block in engine.trunk.layers:
+        for name in ("qkv", "o_proj", "gate_up", "down"):
+            layer = nn.Linear(1, 1, bias=False)
+            layer.weight = nn.Parameter(getattr(block, name).weight, requires_grad=False)
+            setattr(block, name, layer)
+
+
 def linear_types(engine):
     return {type(getattr(block, name)) for block in engine.trunk.layers
             for name in ("qkv", "o_proj", "gate_up", "down")}
@@ -40,11 +49,7 @@ def test_bf16_cpu_weights_are_packed_and_score_as_plain_weights(tiny_model):
     packed = Engine(EngineArgs(str(tiny_model), dtype="bfloat16"))
     assert linear_types(packed) == {PackedLinear}
     plain = Engine(EngineArgs(str(tiny_model), dtype="bfloat16"))
-    for block in plain.trunk.layers:
-        for name in ("qkv", "o_proj", "gate_up", "down"):
-            layer = nn.Linear(1, 1, bias=False)
-            layer.weight = nn.Parameter(getattr(block, name).weight, requires_grad=False)
-            setattr(block, name, layer)
+    unpack(plain)
     pairs = [p for q in QUERIES[:3] for p in packed.encode(q, DOCUMENTS)]
     want = plain.score_tokens(pairs)
     got = packed.score_tokens(pairs)
@@ -68,9 +73,30 @@ def test_half_weights_are_packed_exactly_where_the_cpu_packs_them(tiny_model, dt
     assert all(0.0 < s < 1.0 for s in scores)
 
 
-def test_float32_and_int8_weights_are_not_packed(tiny_model):
+def test_float32_weights_are_packed_only_on_x86_without_avx512(tiny_model):
+    """Where they are packed, they multiply as ``F.linear`` does up to the order of the sums,
+    and the engine scores as with plain weights."""
+    assert packs_float32() == (cpu_features.is_x86() and not cpu_features.has_avx512()
+                               and cpu_features.onednn_packs(torch.float32))
     fp32 = Engine(EngineArgs(str(tiny_model), dtype="float32"))
-    assert linear_types(fp32) == {nn.Linear}
+    assert linear_types(fp32) == ({PackedLinear} if packs_float32() else {nn.Linear})
+    if not packs_float32():
+        return
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=gen) * 0.1
+    for rows in (1, 7, 300):
+        x = torch.randn(rows, 64, generator=gen)
+        packed = PackedLinear(weight, batch_size_hint=2048)
+        torch.testing.assert_close(packed(x), F.linear(x, weight), rtol=1e-5, atol=1e-6)
+    assert torch.equal(packed.weight, weight)
+    plain = Engine(EngineArgs(str(tiny_model), dtype="float32"))
+    unpack(plain)
+    pairs = [p for q in QUERIES[:3] for p in fp32.encode(q, DOCUMENTS)]
+    got, want = fp32.score_tokens(pairs), plain.score_tokens(pairs)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-6
+
+
+def test_int8_weights_are_not_packed(tiny_model):
     int8 = Engine(EngineArgs(str(tiny_model), dtype="bfloat16", quantization="int8"))
     assert linear_types(int8) == {Int8Linear}
 

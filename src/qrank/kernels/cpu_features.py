@@ -63,6 +63,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def is_x86() -> bool:
+    """An x86-64 CPU."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _torch_check(name: str, flag: str) -> bool:
     """torch's cpuinfo check ``torch.cpu._is_<name>_supported`` where it exists, else the flag."""
     check = getattr(torch.cpu, f"_is_{name}_supported", None)
@@ -93,7 +98,8 @@ def has_avx512() -> bool:
 @functools.cache
 def onednn_packs(dtype: torch.dtype) -> bool:
     """Whether oneDNN holds a ``dtype`` linear weight prepacked on this CPU (asked with a tiny
-    weight: it refuses half-precision types the CPU cannot convert natively)."""
+    weight: it refuses half-precision types the CPU cannot convert natively; float32 it packs
+    wherever it runs)."""
     if not (torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return False
@@ -123,4 +129,5 @@ def describe() -> dict[str, Any]:
         "avx2": _torch_check("avx2", "avx2"),
         "onednn_packs_bf16": onednn_packs(torch.bfloat16),
         "onednn_packs_fp16": onednn_packs(torch.float16),
+        "onednn_packs_fp32": onednn_packs(torch.float32),
     }

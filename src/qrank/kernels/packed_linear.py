@@ -6,6 +6,13 @@ skips that, which made the decoder's matmuls 7–12% faster on this project's CP
 docs/performance.md) with bit-identical results. oneDNN packs half-precision weights only
 where the CPU converts them natively (bfloat16: AVX-512 or AVX_NE_CONVERT; float16: AVX512_FP16
 or AVX_NE_CONVERT): elsewhere the weights stay plain and ``F.linear`` computes.
+
+Float32 weights are packed on x86 CPUs without AVX-512, where float32 is what ``--dtype auto``
+runs: there ``F.linear`` goes to MKL's sgemm, and oneDNN's AVX2 brgemm on prepacked weights
+ran the decoder's projections 1.11x (512-2,048 rows) to 1.57x (64 rows) faster on an AVX2 AMD
+EPYC (docs/performance.md). Its sums run in another order than MKL's, so results differ from
+``F.linear``'s in the last bits (~4e-6 on outputs of order 1). Elsewhere float32 stays on
+``F.linear``: on AVX-512 CPUs the two were not compared.
 """
 
 from __future__ import annotations
@@ -20,17 +27,23 @@ from qrank.kernels import cpu_features
 logger = logging.getLogger(__name__)
 
 LINEARS = ("qkv", "o_proj", "gate_up", "down")
-PACKED_DTYPES = (torch.bfloat16, torch.float16)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def packs_float32() -> bool:
+    """Whether float32 weights are packed here: x86 without AVX-512, where oneDNN packs them."""
+    return (cpu_features.is_x86() and not cpu_features.has_avx512()
+            and cpu_features.onednn_packs(torch.float32))
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    """True where oneDNN can hold this weight prepacked: a half-precision CPU tensor of a
-    dtype this CPU packs."""
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype in PACKED_DTYPES
-        and cpu_features.onednn_packs(weight.dtype)
-    )
+    """True where qrank holds this weight prepacked for oneDNN: a CPU tensor of a half type
+    this CPU packs, or float32 where :func:`packs_float32`."""
+    if weight.device.type != "cpu":
+        return False
+    if weight.dtype == torch.float32:
+        return packs_float32()
+    return weight.dtype in HALF_DTYPES and cpu_features.onednn_packs(weight.dtype)
 
 
 class PackedLinear(nn.Module):
