@@ -1,14 +1,19 @@
-"""The bf16 matmul paths this CPU offers, at a model's projection shapes, in one run.
+"""The matmul paths this CPU offers, at a model's projection shapes, in one run.
 
     python benchmarks/gemm_paths.py --model models/qwen3-reranker-0.6b
+    python benchmarks/gemm_paths.py --model models/qwen3-reranker-0.6b --dtype float32
 
 GFLOP/s of the four decoder projections (qkv, o_proj, gate_up, down) at ``--tokens`` rows, each path
 run through every layer's own weights in turn, as the model runs them (a weight is cold again
-when its layer comes back), medians of ``--reps`` passes, paths interleaved pass by pass:
-- ``eager``: ``F.linear`` on plain weights (what transformers runs);
-- ``packed``: oneDNN weights reordered once (qrank's default for bf16 on CPU);
+when its layer comes back), medians of ``--reps`` passes, paths interleaved pass by pass, in
+``--dtype`` (bfloat16 unless told):
+- ``eager``: ``F.linear`` on plain weights (what transformers runs; MKL's sgemm in float32);
+- ``packed``: oneDNN weights reordered once (qrank's default where ``can_pack`` says so:
+  bf16 on CPUs that convert it natively, float32 on x86 without AVX-512); ``--dtype float32``
+  measures it wherever oneDNN packs float32, so the rule can be checked on any CPU;
 - ``inductor-gemm``: ``torch.compile(mode="max-autotune")`` with inductor's CPP GEMM template;
-- ``int8-dequant``: int8 weights dequantized to bf16 before the matmul (``--quantization int8``).
+- ``int8-dequant``: int8 weights dequantized to bf16 before the matmul (``--quantization int8``;
+  bfloat16 only).
 Also the eager rate on one hot weight, the kind of rate ``vs_transformers.py``'s MFU is against
 (its MFU* is against this script's ``eager`` path).
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qrank.kernels import cpu_features
 from qrank.kernels.packed_linear import PackedLinear, can_pack
 from qrank.models.loader import read_config
 from qrank.models.quant import Int8Linear
@@ -82,23 +88,27 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--skip-inductor", action="store_true")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ns = p.parse_args()
+    dtype = getattr(torch, ns.dtype)
     torch.set_num_threads(ns.threads)
     shape = model_shape(ns.model)
     shapes = shape.projections()
     n_layers = ns.layers or shape.num_layers
     gen = torch.Generator().manual_seed(0)
-    weights = random_layer_weights(shape, n_layers, gen)
-    inputs = projection_inputs(shape, ns.tokens, gen)
+    weights = random_layer_weights(shape, n_layers, gen, dtype)
+    inputs = projection_inputs(shape, ns.tokens, gen, dtype)
     flops = layers_flops(shape, n_layers, ns.tokens)
 
     paths = {"eager": through_layers(eager_layers(weights), inputs)}
-    if can_pack(weights[0]["qkv"]):
+    if can_pack(weights[0]["qkv"]) or (
+            dtype == torch.float32 and cpu_features.onednn_packs(torch.float32)):
         paths["packed"] = through_layers(
             [{name: PackedLinear(w, ns.tokens) for name, w in ws.items()} for ws in weights],
             inputs)
-    paths["int8-dequant"] = through_layers(
-        [{name: Int8Linear(w) for name, w in ws.items()} for ws in weights], inputs)
+    if dtype == torch.bfloat16:
+        paths["int8-dequant"] = through_layers(
+            [{name: Int8Linear(w) for name, w in ws.items()} for ws in weights], inputs)
     if not ns.skip_inductor:
         import torch._inductor.config as inductor_config
 
@@ -127,8 +137,8 @@ def main() -> int:
             F.linear(x, w)
             hot.append(time.perf_counter() - start)
     k, n = shapes["gate_up"]
-    print(f"\n{ns.tokens} tokens, {n_layers} layers of {', '.join(shapes)}, {ns.threads} threads, "
-          f"medians of {ns.reps}")
+    print(f"\n{ns.tokens} tokens, {n_layers} layers of {', '.join(shapes)}, {ns.dtype}, "
+          f"{ns.threads} threads, medians of {ns.reps}; CPU: {cpu_features.cpu_model()}")
     print(f"{'path':<16}{'GFLOP/s':>9}{'x eager':>9}")
     eager = statistics.median(times["eager"])
     for name, ts in times.items():
