@@ -1,6 +1,7 @@
 """The README's first lines hold the two commands, its test command is what .ci/run runs, and
-every ``qrank`` and benchmark command in the README's and docs/' bash blocks parses as written
-(the flags exist, the values are accepted)."""
+every ``qrank`` and benchmark command in the README's and docs/' bash blocks, and every
+benchmark ``benchmarks/per_cpu.sh`` runs, parses as written (the flags exist, the values are
+accepted)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,26 @@ def test_the_readmes_test_command_is_what_ci_runs():
 
 QRANK = [(f, a) for f, a in shell_commands() if a[0] == "qrank"]
 DOCKER_RUN = [(f, a) for f, a in shell_commands() if a[:2] == ["docker", "run"]]
+PER_CPU = ROOT / "benchmarks" / "per_cpu.sh"
+
+
+def per_cpu_commands() -> list[list[str]]:
+    """The benchmark commands of ``per_cpu.sh`` with its settings' defaults put in for the
+    variables, and without the OpenVINO flags it adds only when told."""
+    text = PER_CPU.read_text(encoding="utf-8")
+    values = dict(re.findall(r"^(\w+)=\$\{\1:-([^}]*)\}", text, flags=re.M))
+    values |= {"OUT": "results/per_cpu/cpu", "engines": "qrank,tuned"}
+    out = []
+    for argv in commands(text):
+        if argv[:2] == ["step", "python"] and argv[2].startswith("benchmarks/"):
+            out.append([re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], word)
+                        for word in argv[1:] if word != "${openvino[@]}"])
+    return out
+
+
 BENCHMARKS = [(f, a) for f, a in shell_commands()
               if a[0] == "python" and a[1].startswith("benchmarks/")]
+BENCHMARKS += [(PER_CPU.name, a) for a in per_cpu_commands()]
 
 
 @pytest.mark.parametrize("argv", [a for _, a in QRANK],
