@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from qrank.kernels import cpu_features
-from qrank.kernels.packed_linear import PackedLinear, can_pack
+from qrank.kernels.packed_linear import PackedLinear
 from qrank.models.loader import read_config
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import Qwen3Shape
@@ -101,8 +101,7 @@ def main() -> int:
     flops = layers_flops(shape, n_layers, ns.tokens)
 
     paths = {"eager": through_layers(eager_layers(weights), inputs)}
-    if can_pack(weights[0]["qkv"]) or (
-            dtype == torch.float32 and cpu_features.onednn_packs(torch.float32)):
+    if cpu_features.onednn_packs(dtype):  # bf16: what can_pack says; float32: wherever it packs
         paths["packed"] = through_layers(
             [{name: PackedLinear(w, ns.tokens) for name, w in ws.items()} for ws in weights],
             inputs)

@@ -23,8 +23,8 @@ LENGTHS=${LENGTHS:-1k,2k,4k,8k,16k,32k}
 PAIRS=${PAIRS:-40}
 ROUNDS=${ROUNDS:-2}
 
-slug=$(python -c "import re; from qrank.kernels.cpu_features import cpu_model; \
-print(re.sub('[^a-z0-9]+', '-', cpu_model().lower()).strip('-'))")
+cpu=$(python -c "from qrank.kernels.cpu_features import cpu_model; print(cpu_model())")
+slug=$(printf '%s' "$cpu" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')
 OUT=${1:-results/per_cpu/$slug}
 mkdir -p "$OUT"
 
@@ -38,7 +38,7 @@ step() {  # run a command, noting it first
 lscpu > "$OUT/lscpu.txt"
 python -c "import json; from qrank.kernels import cpu_features; \
 print(json.dumps(cpu_features.describe(), indent=1))" > "$OUT/cpu.json"
-echo "CPU: $(python -c 'from qrank.kernels.cpu_features import cpu_model; print(cpu_model())')"
+echo "CPU: $cpu"
 
 if [ -z "${SKIP_TESTS:-}" ]; then
     step python -m pytest -q 2>&1 | tee "$OUT/tests.log"

@@ -10,7 +10,7 @@ from torch import nn
 from qrank import EngineArgs
 from qrank.engine.engine import Engine
 from qrank.kernels import cpu_features
-from qrank.kernels.packed_linear import PackedLinear, can_pack, packs_float32
+from qrank.kernels.packed_linear import LINEARS, PackedLinear, can_pack, packs_float32
 from qrank.models.quant import Int8Linear
 from qrank.models.qwen3 import seq_view
 
@@ -33,15 +33,14 @@ def test_packed_linear_equals_f_linear(rows):
 def unpack(engine):
     """Put plain ``nn.Linear`` layers with the same weights in place of packed ones."""
     for block in engine.trunk.layers:
-        for name in ("qkv", "o_proj", "gate_up", "down"):
+        for name in LINEARS:
             layer = nn.Linear(1, 1, bias=False)
             layer.weight = nn.Parameter(getattr(block, name).weight, requires_grad=False)
             setattr(block, name, layer)
 
 
 def linear_types(engine):
-    return {type(getattr(block, name)) for block in engine.trunk.layers
-            for name in ("qkv", "o_proj", "gate_up", "down")}
+    return {type(getattr(block, name)) for block in engine.trunk.layers for name in LINEARS}
 
 
 @needs_packing

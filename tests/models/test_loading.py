@@ -8,7 +8,7 @@ from inputs import DOCUMENTS, QUERIES
 from kernel_skips import kernel_unavailable
 
 from qrank import EngineArgs, Reranker
-from qrank.kernels.packed_linear import packs_float32
+from qrank.kernels.packed_linear import LINEARS, packs_float32
 from qrank.models.loader import ModelNotFoundError, resolve_model_path
 from qrank.models.registry import load_model, resolve_dtype
 
@@ -193,7 +193,7 @@ def test_a_float32_trunk_says_it_runs_no_kernel(tiny_model):
     """What benchmarks record of a plain float32 load: no CPU kernel, nothing compiled, the
     linear weights packed only where float32 is (x86 without AVX-512)."""
     trunk = load_model(EngineArgs(str(tiny_model), dtype="float32")).trunk
-    packed = 4 * trunk.shape.num_layers if packs_float32() else 0
+    packed = len(LINEARS) * trunk.shape.num_layers if packs_float32() else 0
     assert trunk.kernels_in_use() == {"dtype": "float32", "cpu_attention_kernel": False,
                                       "fused_gate_up": False, "packed_linears": packed,
                                       "compiled": False}

@@ -9,7 +9,7 @@ or AVX_NE_CONVERT): elsewhere the weights stay plain and ``F.linear`` computes.
 
 Float32 weights are packed on x86 CPUs without AVX-512, where float32 is what ``--dtype auto``
 runs: there ``F.linear`` goes to MKL's sgemm, and oneDNN's AVX2 brgemm on prepacked weights
-ran the decoder's projections 1.11x (512-2,048 rows) to 1.57x (64 rows) faster on an AVX2 AMD
+ran the decoder's projections 1.08x (3,072 rows) to 1.68x (64 rows) faster on an AVX2 AMD
 EPYC (docs/performance.md). Its sums run in another order than MKL's, so results differ from
 ``F.linear``'s in the last bits (~4e-6 on outputs of order 1). Elsewhere float32 stays on
 ``F.linear``: on AVX-512 CPUs the two were not compared.
